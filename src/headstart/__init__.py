@@ -1,0 +1,38 @@
+"""headstart: transfer learning from pretrained models on small datasets.
+
+>>> from headstart import ImageClassifier, list_backbones
+>>> "efficientnet_lite0" in list_backbones()
+True
+"""
+
+from headstart.backbones import DEFAULT_BACKBONE, create_backbone, get_backbone_spec, list_backbones
+from headstart.bundle import load_bundle
+from headstart.classifier import ImageClassifier
+from headstart.errors import (
+    BundleError,
+    DataError,
+    HeadstartError,
+    NotFittedError,
+    ParameterError,
+    ResumeError,
+    WeightsNotFoundError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "BundleError",
+    "DataError",
+    "HeadstartError",
+    "ImageClassifier",
+    "NotFittedError",
+    "ParameterError",
+    "ResumeError",
+    "WeightsNotFoundError",
+    "create_backbone",
+    "get_backbone_spec",
+    "list_backbones",
+    "load_bundle",
+    "__version__",
+]

@@ -1,0 +1,116 @@
+"""The saved model: a folder with ``model.safetensors`` and ``config.json``, loadable by a fresh process.
+
+``config.json`` carries everything that rebuilds the model (backbone architecture, number of classes,
+preprocessing, labels) plus how it was trained and its validation metrics. Weights are safetensors, never
+pickle. The folder is written atomically: a reader sees the old bundle or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from headstart.backbones.registry import Preprocessing
+from headstart.errors import BundleError
+from headstart.storage import atomic_directory, atomic_save_tensors, atomic_write_json, load_tensors, read_json
+
+__all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle", "library_versions"]
+
+BUNDLE_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("headstart", "torch", "torchvision", "timm", "safetensors", "lightning-fabric", "numpy", "pillow"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+@dataclass
+class Bundle:
+    """A loaded model folder."""
+
+    path: Path
+    model: nn.Module
+    config: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.config["preprocessing"])
+
+
+def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any]) -> Path:
+    """Write ``model`` (a timm classifier) and ``config`` to the folder ``path``, replacing it atomically.
+
+    ``config`` must hold ``architecture``, ``classes`` and ``preprocessing``; format and library versions
+    are added here.
+    """
+    missing = [key for key in ("architecture", "classes", "preprocessing") if key not in config]
+    if missing:
+        raise BundleError(f"Cannot save a bundle without {missing} in its config.")
+    full = {
+        "format": "headstart-bundle",
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **config,
+        "versions": library_versions(),
+    }
+    with atomic_directory(path) as temporary:
+        atomic_save_tensors(temporary / WEIGHTS_FILE, model.state_dict(), metadata={"format": "pt"})
+        atomic_write_json(temporary / CONFIG_FILE, full)
+    return Path(path)
+
+
+def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Bundle:
+    """Rebuild the model saved at ``path`` (no network, no training code, no pickle).
+
+    Raises:
+        BundleError: the folder is not a headstart bundle, is incomplete, or from a newer format.
+    """
+    path = Path(path).expanduser()
+    config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not path.is_dir() or not config_file.is_file() or not weights_file.is_file():
+        raise BundleError(
+            f"{path} is not a headstart model folder: expected {CONFIG_FILE} and {WEIGHTS_FILE} inside it.",
+            fix="Pass the 'model' folder written by `headstart train` (e.g. runs/NAME/model) or by save().",
+        )
+    try:
+        config = read_json(config_file)
+    except ValueError as error:
+        raise BundleError(f"{config_file} is not valid JSON ({error}).", fix="Re-save the model.") from None
+    if config.get("format") != "headstart-bundle" or int(config.get("format_version", 0)) > BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{config_file} has format {config.get('format')!r} version {config.get('format_version')!r}; this"
+            f" headstart reads headstart-bundle up to version {BUNDLE_FORMAT_VERSION}.",
+            fix="Upgrade headstart, or re-save the model with this version.",
+        )
+    model = timm.create_model(config["architecture"], pretrained=False, num_classes=len(config["classes"]),
+                              **config.get("model_kwargs", {}))
+    try:
+        model.load_state_dict(load_tensors(weights_file))
+    except (RuntimeError, OSError) as error:
+        raise BundleError(
+            f"{weights_file} does not match a {config['architecture']} with {len(config['classes'])} classes:"
+            f" {str(error).splitlines()[0][:300]}",
+            fix="The folder may be damaged or mixed from two models; re-save it.",
+        ) from None
+    model.eval().to(device)
+    return Bundle(path=path, model=model, config=config)

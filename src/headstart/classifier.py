@@ -1,0 +1,425 @@
+"""``ImageClassifier``: the scikit-learn-style estimator that ties data, backbone, strategy and training together.
+
+>>> from headstart import ImageClassifier
+>>> ImageClassifier(strategy="linear_probe", epochs=3)
+ImageClassifier(backbone='efficientnet_lite0', strategy='linear_probe', epochs=3)
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from headstart.backbones import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
+from headstart.bundle import load_bundle, save_bundle
+from headstart.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DatasetSplits,
+    SkippedFile,
+    scan_image_folder,
+)
+from headstart.errors import NotFittedError, ParameterError, check_choice
+from headstart.evaluate import classification_metrics, format_summary
+from headstart.inference import predict_files
+from headstart.plots import plot_confusion_matrix, plot_training_curves
+from headstart.storage import atomic_write_json, atomic_write_text
+from headstart.strategies import STRATEGIES
+
+__all__ = ["ImageClassifier"]
+
+
+class ImageClassifier:
+    """Transfer learning for image classification from a folder of labelled images.
+
+    Args:
+        backbone: a name from ``headstart backbones`` or ``timm:<model>``.
+        strategy: ``auto`` (chosen from the dataset size), ``linear_probe``, ``fine_tune`` or ``full``.
+        epochs: total epochs; ``None`` chooses from the dataset size.
+        weights: ``auto`` (first reachable pretrained source), ``random``, or a checkpoint file.
+        lr: peak learning rate of the head; ``None`` uses the strategy's default.
+        batch_size: images per step (per process).
+        image_size: square input side; ``None`` uses the backbone's pretrained resolution.
+        drop_rate: dropout before the new classifier.
+        label_smoothing: cross-entropy label smoothing.
+        weight_decay: AdamW weight decay (not applied to biases and norm weights).
+        patience: epochs without improvement before early stopping (``None`` disables it).
+        monitor: ``val_loss`` or ``val_accuracy``, for early stopping and the restored best epoch.
+        class_weights: weight the loss by inverse class frequency (imbalanced data).
+        seed: makes splits, initialisation, shuffling and augmentation repeatable.
+        val_fraction: share held out for validation when no validation data is given.
+        devices, accelerator, precision: passed to Lightning Fabric (e.g. ``devices=2`` for two processes,
+            ``precision="bf16-mixed"`` on a GPU).
+        num_workers: image-decoding processes; ``None`` chooses from the machine.
+        max_image_pixels: larger images are skipped as possible decompression bombs.
+        allow_download: whether a hub download may be tried when no local weights exist.
+        progress: show progress bars and per-epoch lines.
+    """
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        *,
+        strategy: str = "auto",
+        epochs: int | None = None,
+        weights: str | os.PathLike[str] = "auto",
+        lr: float | None = None,
+        batch_size: int = 32,
+        image_size: int | None = None,
+        drop_rate: float = 0.2,
+        label_smoothing: float = 0.1,
+        weight_decay: float = 0.02,
+        patience: int | None = 3,
+        monitor: str = "val_loss",
+        class_weights: bool = False,
+        seed: int = 0,
+        val_fraction: float = 0.2,
+        devices: int = 1,
+        accelerator: str = "auto",
+        precision: str = "32-true",
+        num_workers: int | None = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        allow_download: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.strategy = strategy
+        self.epochs = epochs
+        self.weights = weights
+        self.lr = lr
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.drop_rate = drop_rate
+        self.label_smoothing = label_smoothing
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.monitor = monitor
+        self.class_weights = class_weights
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.devices = devices
+        self.accelerator = accelerator
+        self.precision = precision
+        self.num_workers = num_workers
+        self.max_image_pixels = max_image_pixels
+        self.allow_download = allow_download
+        self.progress = progress
+
+    # -- scikit-learn conventions -------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments, as given."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if k == "backbone" or v != defaults[k]]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _check_fitted(self, method: str) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(
+                f"This ImageClassifier is not fitted yet, so {method}() cannot run.",
+                fix="Call fit(DATA) first, or ImageClassifier.load(MODEL_FOLDER) to use a saved model.",
+            )
+
+    def _validate_params(self) -> None:
+        def bad(name: str, expected: str) -> ParameterError:
+            return ParameterError(
+                f"The '{name}' parameter of ImageClassifier must be {expected}. Got {getattr(self, name)!r}.",
+                fix=f"Pass {name} (CLI: --{name.replace('_', '-')}) as {expected}, or leave it unset for the default.",
+            )
+
+        check_choice("ImageClassifier", "strategy", self.strategy, ("auto", *STRATEGIES))
+        get_backbone_spec(self.backbone)
+        for name in ("batch_size", "devices", "max_image_pixels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise bad(name, "a positive integer")
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
+            raise bad("epochs", "a positive integer or None")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024):
+            raise bad("image_size", "an integer in [32, 1024] or None")
+        for name, low, high in (("drop_rate", 0.0, 0.95), ("label_smoothing", 0.0, 0.5), ("weight_decay", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not low <= value <= high:
+                raise bad(name, f"a number in [{low}, {high}]")
+        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1):
+            raise bad("lr", "a number in (0, 1) or None")
+        if not isinstance(self.val_fraction, float) or not 0 < self.val_fraction < 1:
+            raise bad("val_fraction", "a number in (0, 1)")
+
+    def _train_config(self) -> Any:
+        from headstart.train import TrainConfig
+
+        return TrainConfig(
+            batch_size=self.batch_size, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+            patience=self.patience, monitor=self.monitor, class_weights=self.class_weights, seed=self.seed,
+            num_workers=self.num_workers, devices=self.devices, accelerator=self.accelerator,
+            precision=self.precision,
+        )
+
+    # -- training -------------------------------------------------------------------------------------------
+    def fit(self, data: str | os.PathLike[str], *, val: str | os.PathLike[str] | None = None,
+            out: str | os.PathLike[str] | None = None, resume: bool = False) -> "ImageClassifier":
+        """Train on an image folder; with ``out``, write the run (config, checkpoints, metrics, plots, model).
+
+        Args:
+            data: a class-folder root, or a root with ``train/`` and ``val/`` (optionally ``test/``).
+            val: validation class folders; default: ``data``'s own ``val/`` or a stratified hold-out.
+            out: the run folder. The model is saved to ``out/model``.
+            resume: continue the run in ``out`` from its last checkpoint.
+
+        Returns:
+            self, fitted: ``classes_``, ``model_``, ``preprocessing_``, ``history_``, ``metrics_`` (validation),
+            ``strategy_``, ``epochs_``, ``skipped_``.
+
+        Raises:
+            ParameterError, DataError, WeightsNotFoundError, ResumeError.
+        """
+        from headstart.data.images import load_image_dataset
+        from headstart.data.transforms import ImageDataset, build_transform
+        from headstart.backbones import create_backbone
+        from headstart.strategies import ClassifierNet, choose_strategy, plan_stages
+        from headstart.train import train_classifier
+
+        self._validate_params()
+        config = self._train_config()
+        config.validate()
+        if resume and out is None:
+            raise ParameterError("resume=True needs the run folder, but out is None.", fix="Pass out=RUN_DIR, the folder of the run to continue.")
+        started = time.perf_counter()
+        console = Console(quiet=not self.progress or int(os.environ.get("LOCAL_RANK", "0")) != 0)
+        run_dir = Path(out) if out is not None else None
+
+        splits = load_image_dataset(data, val=val, val_fraction=self.val_fraction, seed=self.seed,
+                                    max_pixels=self.max_image_pixels)
+        self._print_data(console, splits)
+
+        strategy, epochs = self.strategy, self.epochs
+        if strategy == "auto" or epochs is None:
+            auto_strategy, auto_epochs, reason = choose_strategy(len(splits.train))
+            if strategy == "auto":
+                strategy = auto_strategy
+            epochs = epochs or auto_epochs
+            console.print(f"[bold]Strategy[/bold] {strategy}, {epochs} epochs ({reason}).")
+        stages = plan_stages(strategy, epochs, lr=self.lr)
+
+        spec = get_backbone_spec(self.backbone)
+        preprocessing = spec.preprocessing()
+        if self.image_size is not None:
+            preprocessing = Preprocessing.from_dict({**preprocessing.to_dict(), "input_size": self.image_size})
+        torch.manual_seed(self.seed)
+        model, source = create_backbone(self.backbone, len(splits.classes), weights=self.weights,
+                                        drop_rate=self.drop_rate, allow_download=self.allow_download)
+        console.print(f"[bold]Backbone[/bold] {spec.name} ({spec.timm_id}), weights from {source.description}; "
+                      f"input {preprocessing.input_size}px.")
+        net = ClassifierNet(model)
+        train_set = ImageDataset(splits.train.paths, splits.train.labels, build_transform(preprocessing, train=True),
+                                 max_pixels=self.max_image_pixels)
+        val_set = ImageDataset(splits.val.paths, splits.val.labels, build_transform(preprocessing, train=False),
+                               max_pixels=self.max_image_pixels)
+
+        run_config = {
+            "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in self.get_params().items()},
+            "data": str(Path(data).resolve()), "val": None if val is None else str(Path(val).resolve()),
+            "strategy": strategy, "epochs": epochs, "stages": [s.to_dict() for s in stages],
+            "backbone": {"name": spec.name, "timm_id": spec.timm_id, "weights": source.description},
+            "preprocessing": preprocessing.to_dict(), "train_config": asdict(config),
+        }
+        is_main = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+        if run_dir is not None and is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                atomic_write_json(run_dir / "config.json", run_config)
+            atomic_write_json(run_dir / "data.json", splits.summary())
+
+        state, fabric = train_classifier(
+            net, train_set, val_set, stages, config, run_dir=run_dir, resume=resume,
+            class_counts=list(splits.train.class_counts().values()), console=console, progress=self.progress,
+        )
+        self.is_main_process_ = fabric.is_global_zero
+        self.model_ = net.model.cpu().to(memory_format=torch.contiguous_format).eval()
+        self.classes_ = list(splits.classes)
+        self.preprocessing_ = preprocessing
+        self.history_ = state.history
+        self.strategy_ = strategy
+        self.epochs_ = epochs
+        self.best_epoch_ = state.best_epoch
+        self.skipped_ = list(splits.skipped)
+        self.backbone_spec_ = {"name": spec.name, "timm_id": spec.timm_id, "architecture": spec.architecture,
+                               "weights": source.description}
+        self.train_config_ = asdict(config)
+        self.stages_ = [s.to_dict() for s in stages]
+
+        probabilities = self.predict_proba(splits.val.paths)
+        self.metrics_ = classification_metrics(splits.val.labels, probabilities, self.classes_, seed=self.seed)
+        self.metrics_["split"] = "validation"
+        self.metrics_["model_selection"] = (
+            f"best epoch ({state.best_epoch}) chosen by {config.monitor} on this validation data; "
+            "for an unbiased estimate evaluate on a separate test set"
+        )
+        self.fit_seconds_ = round(time.perf_counter() - started, 1)
+        if run_dir is not None and self.is_main_process_:
+            self._write_run(run_dir, splits.skipped, console)
+        return self
+
+    def _print_data(self, console: Console, splits: DatasetSplits) -> None:
+        console.print(f"[bold]Data[/bold] {splits.split}", highlight=False)
+        table = Table(show_edge=False)
+        table.add_column("class")
+        table.add_column("train", justify="right")
+        table.add_column("val", justify="right")
+        if splits.test is not None:
+            table.add_column("test", justify="right")
+        for name in splits.classes:
+            row = [name, str(splits.train.class_counts()[name]), str(splits.val.class_counts()[name])]
+            if splits.test is not None:
+                row.append(str(splits.test.class_counts()[name]))
+            table.add_row(*row)
+        console.print(table)
+        _print_skipped(console, splits.skipped)
+
+    def _write_run(self, run_dir: Path, skipped: list[SkippedFile], console: Console) -> None:
+        model_dir = self.save(run_dir / "model")
+        metrics = {**self.metrics_, "strategy": self.strategy_, "epochs": self.epochs_, "best_epoch": self.best_epoch_,
+                   "fit_seconds": self.fit_seconds_, "skipped_count": len(skipped)}
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        atomic_write_json(run_dir / "history.json", self.history_)
+        plot_training_curves(self.history_, run_dir / "curves.png")
+        plot_confusion_matrix(self.metrics_["confusion_matrix"], self.classes_, run_dir / "confusion_matrix.png",
+                              title="Confusion matrix (validation)")
+        summary = (
+            f"headstart run {run_dir}\n"
+            f"backbone {self.backbone_spec_['name']} ({self.backbone_spec_['weights']}), strategy {self.strategy_},"
+            f" {len(self.history_)} of {self.epochs_} epochs, best epoch {self.best_epoch_}, {self.fit_seconds_}s\n"
+            f"validation ({self.metrics_['model_selection']}):\n{format_summary(self.metrics_)}\n"
+            f"skipped files: {len(skipped)}\n"
+            + "".join(f"  {s.path}: {s.reason}\n" for s in skipped)
+        )
+        atomic_write_text(run_dir / "summary.txt", summary)
+        console.print(f"\n[bold]Validation[/bold] (best epoch {self.best_epoch_})\n{format_summary(self.metrics_)}")
+        console.print(f"\nModel: {model_dir}\nRun folder: {run_dir} (config.json, metrics.json, history.json,"
+                      f" curves.png, confusion_matrix.png, summary.txt, data.json)")
+
+    # -- prediction and evaluation ---------------------------------------------------------------------------
+    def predict_proba(self, images: Sequence[str | os.PathLike[str]], *, batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities, shape (len(images), len(classes_)); columns follow ``classes_``.
+
+        Raises:
+            NotFittedError: before fit/load.
+            ImageDecodeError: a file that cannot be read (the message names it).
+        """
+        self._check_fitted("predict_proba")
+        if isinstance(images, (str, os.PathLike)):
+            images = [images]
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes_)), dtype=np.float32)
+        return predict_files(self.model_, self.preprocessing_, list(images), batch_size=batch_size or self.batch_size,
+                             num_workers=self.num_workers, max_pixels=self.max_image_pixels)
+
+    def predict(self, images: Sequence[str | os.PathLike[str]]) -> list[str]:
+        """The most probable class name for each image."""
+        probabilities = self.predict_proba(images)
+        return [self.classes_[i] for i in probabilities.argmax(axis=1)]
+
+    def evaluate(self, data: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None,
+                 n_bootstrap: int = 1000) -> dict[str, Any]:
+        """Metrics on a labelled class-folder (its classes must be among ``classes_``); with ``out``, write
+        ``metrics.json``, ``confusion_matrix.png`` and the list of skipped files there.
+        """
+        self._check_fitted("evaluate")
+        samples, skipped = scan_image_folder(data, classes=self.classes_, role="evaluation",
+                                             max_pixels=self.max_image_pixels, require_all_classes=False)
+        console = Console(quiet=not self.progress)
+        _print_skipped(console, skipped)
+        probabilities = self.predict_proba(samples.paths)
+        metrics = classification_metrics(samples.labels, probabilities, self.classes_, n_bootstrap=n_bootstrap,
+                                         seed=self.seed)
+        metrics.update({"split": "evaluation", "data": str(Path(data).resolve()), "skipped_count": len(skipped),
+                        "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
+        if out is not None:
+            out = Path(out)
+            atomic_write_json(out / "metrics.json", metrics)
+            plot_confusion_matrix(metrics["confusion_matrix"], self.classes_, out / "confusion_matrix.png",
+                                  title=f"Confusion matrix ({Path(data).name})")
+            predictions = [
+                {"path": str(p), "true": self.classes_[t], "predicted": self.classes_[int(np.argmax(row))],
+                 "probability": float(np.max(row))}
+                for p, t, row in zip(samples.paths, samples.labels, probabilities)
+            ]
+            atomic_write_json(out / "predictions.json", predictions)
+        console.print(format_summary(metrics))
+        return metrics
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fitted model as a bundle folder (safetensors + config.json), atomically.
+
+        On a non-zero rank of a multi-process run this does nothing (rank 0 writes).
+        """
+        self._check_fitted("save")
+        if not getattr(self, "is_main_process_", True):
+            return Path(path)
+        params = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.get_params().items()}
+        config = {
+            "task": "image_classification",
+            "architecture": self.backbone_spec_["architecture"],
+            "backbone": self.backbone_spec_,
+            "classes": self.classes_,
+            "preprocessing": self.preprocessing_.to_dict(),
+            "strategy": self.strategy_,
+            "stages": self.stages_,
+            "epochs": self.epochs_,
+            "best_epoch": self.best_epoch_,
+            "params": params,
+            "training": self.train_config_,
+            "history": self.history_,
+            "metrics": getattr(self, "metrics_", None),
+        }
+        return save_bundle(path, self.model_, config)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "ImageClassifier":
+        """Load a model folder written by :meth:`save` or ``headstart train``; ready to predict/evaluate.
+
+        Raises:
+            BundleError: not a model folder, or damaged.
+        """
+        bundle = load_bundle(path)
+        config = bundle.config
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        classifier = cls(**{k: v for k, v in config.get("params", {}).items() if k in known})
+        classifier.model_ = bundle.model
+        classifier.classes_ = bundle.classes
+        classifier.preprocessing_ = bundle.preprocessing
+        classifier.history_ = config.get("history", [])
+        classifier.strategy_ = config.get("strategy")
+        classifier.stages_ = config.get("stages", [])
+        classifier.epochs_ = config.get("epochs")
+        classifier.best_epoch_ = config.get("best_epoch")
+        classifier.backbone_spec_ = config["backbone"]
+        classifier.train_config_ = config.get("training", {})
+        classifier.metrics_ = config.get("metrics")
+        classifier.skipped_ = []
+        classifier.is_main_process_ = True
+        return classifier
+
+
+def _print_skipped(console: Console, skipped: list[SkippedFile]) -> None:
+    if not skipped:
+        return
+    console.print(f"[yellow]Skipped {len(skipped)} file(s) that cannot be used:[/yellow]")
+    for item in skipped[:20]:
+        console.print(f"  {item.path}: {item.reason}", markup=False, highlight=False)
+    if len(skipped) > 20:
+        console.print(f"  ... and {len(skipped) - 20} more (all listed in the run's data.json)")

@@ -1,0 +1,205 @@
+"""The ``headstart`` command line: each command is a thin call into the library.
+
+Errors headstart raises on purpose are printed as one message with its fix (no traceback), exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from headstart.errors import HeadstartError, ParameterError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Transfer learning from pretrained models: train, evaluate, predict.")
+console = Console()
+error_console = Console(stderr=True)
+
+
+def _fail(error: HeadstartError) -> None:
+    error_console.print(f"[bold red]Error:[/bold red] {error.message}", highlight=False)
+    if error.fix:
+        error_console.print(f"[bold]Fix:[/bold] {error.fix}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    data: Annotated[Optional[Path], typer.Argument(help="Image folder: one subfolder per class, or train/ + val/.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<data folder name>).")] = None,
+    val: Annotated[Optional[Path], typer.Option(help="Validation folder (default: DATA/val or a stratified hold-out).")] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone name (see `headstart backbones`) or timm:<model>.")] = "efficientnet_lite0",
+    strategy: Annotated[str, typer.Option(help="auto, linear_probe, fine_tune or full.")] = "auto",
+    epochs: Annotated[Optional[int], typer.Option(help="Total epochs (default: chosen from the dataset size).")] = None,
+    weights: Annotated[str, typer.Option(help="auto, random, or a local checkpoint FILE.")] = "auto",
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the head.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: the backbone's).")] = None,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0 disables).")] = 3,
+    monitor: Annotated[str, typer.Option(help="val_loss or val_accuracy.")] = "val_loss",
+    class_weights: Annotated[bool, typer.Option("--class-weights/--no-class-weights", help="Weight the loss by inverse class frequency.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and augmentation.")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Hold-out share when there is no validation data.")] = 0.2,
+    devices: Annotated[int, typer.Option(help="Processes/GPUs for data-parallel training.")] = 1,
+    accelerator: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    precision: Annotated[str, typer.Option(help="32-true, 16-mixed or bf16-mixed.")] = "32-true",
+    num_workers: Annotated[Optional[int], typer.Option(help="Image-decoding worker processes.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last checkpoint.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or epoch lines.")] = False,
+) -> None:
+    """Train a classifier on an image folder; writes the run (model, metrics, plots) to --out."""
+    from headstart.classifier import ImageClassifier
+    from headstart.storage import read_json
+
+    try:
+        if resume is not None:
+            config_file = resume / "config.json"
+            if not config_file.is_file():
+                raise ParameterError(f"--resume {resume}: no config.json there, so it is not a headstart run folder.",
+                                     fix="Pass the --out folder of an earlier `headstart train`.")
+            saved = read_json(config_file)
+            classifier = ImageClassifier(**{**saved["params"], "progress": not quiet})
+            classifier.fit(saved["data"], val=saved["val"], out=resume, resume=True)
+            return
+        if data is None:
+            raise ParameterError("`headstart train` needs DATA (an image folder) unless --resume RUN_DIR is given.",
+                                 fix="headstart train PATH/TO/IMAGES --out runs/NAME")
+        out = out or Path("runs") / data.resolve().name
+        # A data-parallel worker re-runs this command (Lightning Fabric's launcher); rank 0 owns --out.
+        worker = int(os.environ.get("LOCAL_RANK", "0")) > 0
+        if (out / "config.json").exists() and not overwrite and not worker:
+            raise ParameterError(f"--out {out} already holds a run.",
+                                 fix=f"Use --resume {out} to continue it, --overwrite to replace it, or another --out.")
+        if overwrite and not worker and (out / "checkpoints").exists():
+            shutil.rmtree(out / "checkpoints")
+        classifier = ImageClassifier(
+            backbone, strategy=strategy, epochs=epochs, weights=weights, lr=lr, batch_size=batch_size,
+            image_size=image_size, patience=patience or None, monitor=monitor, class_weights=class_weights,
+            seed=seed, val_fraction=val_fraction, devices=devices, accelerator=accelerator, precision=precision,
+            num_workers=num_workers, progress=not quiet,
+        )
+        classifier.fit(data, val=val, out=out)
+    except HeadstartError as error:
+        _fail(error)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model folder (e.g. runs/NAME/model).")],
+    data: Annotated[Path, typer.Argument(help="Labelled image folder, one subfolder per class.")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, confusion_matrix.png, predictions.json.")] = None,
+) -> None:
+    """Evaluate a saved model on labelled images."""
+    from headstart.classifier import ImageClassifier
+
+    try:
+        classifier = ImageClassifier.load(model)
+        classifier.evaluate(data, out=out)
+        if out is not None:
+            console.print(f"Wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'predictions.json'}")
+    except HeadstartError as error:
+        _fail(error)
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Model folder (e.g. runs/NAME/model).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    top_k: Annotated[int, typer.Option(help="How many labels to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+) -> None:
+    """Predict the top-k labels of images (folders are searched recursively; unreadable files are listed)."""
+    from headstart.classifier import ImageClassifier, _print_skipped
+    from headstart.data.images import ImageDecodeError, SkippedFile, list_image_files, load_image
+
+    try:
+        if top_k < 1:
+            raise ParameterError(f"--top-k must be >= 1. Got {top_k}.", fix="Pass --top-k 1 or more.")
+        classifier = ImageClassifier.load(model)
+        files: list[Path] = []
+        skipped: list[SkippedFile] = []
+        for item in images:
+            if item.is_dir():
+                found, not_images = list_image_files(item)
+                files += found
+                skipped += not_images
+            elif item.is_file():
+                files.append(item)
+            else:
+                skipped.append(SkippedFile(str(item), "no such file or folder"))
+        usable: list[Path] = []
+        for file in files:
+            try:
+                load_image(file, max_pixels=classifier.max_image_pixels, draft_size=32)
+                usable.append(file)
+            except ImageDecodeError as error:
+                skipped.append(SkippedFile(str(file), error.reason))
+        _print_skipped(error_console, skipped)
+        probabilities = classifier.predict_proba(usable)
+        k = min(top_k, len(classifier.classes_))
+        table = Table("image", *[f"#{i + 1}" for i in range(k)], show_edge=False)
+        for file, row in zip(usable, probabilities):
+            order = row.argsort()[::-1][:k]
+            top = [(classifier.classes_[i], float(row[i])) for i in order]
+            if as_json:
+                print(json.dumps({"image": str(file), "top_k": [{"label": c, "probability": p} for c, p in top]}))
+            else:
+                table.add_row(str(file), *[f"{c} {p:.3f}" for c, p in top])
+        if not as_json:
+            console.print(table)
+        if not usable:
+            raise ParameterError("None of the given paths is a readable image.", fix="Pass image files or folders of images.")
+    except HeadstartError as error:
+        _fail(error)
+
+
+@app.command()
+def backbones(
+    details: Annotated[bool, typer.Option(help="Also show timm model, normalisation and where weights come from.")] = False,
+) -> None:
+    """List the registered backbones, their size and input, and whether weights are available right now."""
+    from headstart.backbones import count_parameters, get_backbone_spec, list_backbones, resolve_weights
+    from headstart.errors import WeightsNotFoundError
+
+    table = Table(show_edge=False)
+    for column in ("name", "family", "params", "input", "weights now"):
+        table.add_column(column, no_wrap=True)
+    if details:
+        for column in ("timm model", "mean / std", "source"):
+            table.add_column(column, overflow="fold")
+    for name in list_backbones():
+        spec = get_backbone_spec(name)
+        prep = spec.preprocessing()
+        try:
+            source = resolve_weights(spec)
+            available = "[green]" + source.kind + "[/green]" if source.kind != "hub" else "[yellow]download[/yellow]"
+            where = source.description
+        except WeightsNotFoundError as error:
+            available, where = "[red]missing[/red]", error.message
+        row = [name, spec.family, f"{count_parameters(name) / 1e6:.1f}M", f"{prep.input_size}px", available]
+        if details:
+            row += [spec.timm_id, f"{prep.mean} / {prep.std}", where]
+        table.add_row(*row)
+    console.print(table)
+    console.print("weights now: package = shipped by an installed package; cache = local timm/Hugging Face cache;"
+                  " file = --weights; download = only with internet; missing = not available offline.\n"
+                  "Any timm model can be used as timm:<name>; supply weights with --weights FILE when offline.")
+
+
+def main() -> None:
+    """Entry point of the ``headstart`` script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

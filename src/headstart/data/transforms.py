@@ -1,0 +1,80 @@
+"""Train and eval transforms derived from a backbone's preprocessing config, and the torch Dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from headstart.backbones.registry import Preprocessing
+from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, load_image
+
+__all__ = ["build_transform", "ImageDataset"]
+
+_INTERPOLATION = {
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "nearest": T.InterpolationMode.NEAREST,
+}
+
+# fastai's default for small-data fine-tuning: crops keep at least 35% of the image area, so the object of
+# a photo usually stays in view (timm's ImageNet default of 8% is tuned for 1.2M images, not 200).
+TRAIN_CROP_SCALE = (0.35, 1.0)
+
+
+def build_transform(preprocessing: Preprocessing, *, train: bool) -> T.Compose:
+    """The transform for training (random resized crop + horizontal flip) or evaluation (resize + centre crop).
+
+    >>> from headstart.backbones import get_backbone_spec
+    >>> build_transform(get_backbone_spec("efficientnet_lite0").preprocessing(), train=False).transforms[1]
+    CenterCrop(size=(224, 224))
+    """
+    size = preprocessing.input_size
+    interpolation = _INTERPOLATION.get(preprocessing.interpolation, T.InterpolationMode.BICUBIC)
+    normalize = [T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)]
+    if train:
+        return T.Compose(
+            [T.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, interpolation=interpolation),
+             T.RandomHorizontalFlip(), *normalize]
+        )
+    resize = int(round(size / preprocessing.crop_pct))
+    return T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(size), *normalize])
+
+
+class ImageDataset(Dataset):
+    """Files (and optional labels) -> (tensor, label) pairs; label is -1 when unknown.
+
+    A file that cannot be decoded yields a zero image with label ``-(index + 2)`` instead of raising inside a
+    DataLoader worker (where the error would lose its type and message); :meth:`raise_for_failures` in the
+    main process turns it back into an :class:`ImageDecodeError` naming the file.
+    """
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, transform: T.Compose, *,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        self.paths = list(paths)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        try:
+            image = load_image(self.paths[index], max_pixels=self.max_pixels)
+        except ImageDecodeError:
+            placeholder = self.transform(Image.new("RGB", (8, 8)))  # right shape for collation
+            return torch.zeros_like(placeholder), -(index + 2)
+        return self.transform(image), self.labels[index]
+
+    def raise_for_failures(self, labels: torch.Tensor) -> None:
+        """Raise the decode error of the first failed item in a batch's ``labels``, if any."""
+        failed = (labels <= -2).nonzero()
+        if len(failed):
+            path = self.paths[-int(labels[failed[0, 0]]) - 2]
+            load_image(path, max_pixels=self.max_pixels)  # raises ImageDecodeError with the reason
+            raise ImageDecodeError(path, "it could not be decoded while loading a batch")

@@ -1,0 +1,72 @@
+"""One exception hierarchy for every user-facing failure.
+
+Each error says what was expected, what was found, and how to fix it. The CLI prints the message of a
+:class:`HeadstartError` (never a traceback) and exits non-zero.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HeadstartError",
+    "ParameterError",
+    "DataError",
+    "WeightsNotFoundError",
+    "BundleError",
+    "NotFittedError",
+    "ResumeError",
+]
+
+
+class HeadstartError(Exception):
+    """Base class of every error headstart raises on purpose.
+
+    Args:
+        message: what went wrong, what was expected and what was found.
+        fix: one sentence telling the user what to do about it.
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        self.message = message
+        self.fix = fix
+        super().__init__(message if fix is None else f"{message}\nFix: {fix}")
+
+
+class ParameterError(HeadstartError, ValueError):
+    """An argument or option has a value headstart cannot use."""
+
+
+class DataError(HeadstartError):
+    """The data on disk cannot be used as given (layout, labels, no usable files)."""
+
+
+class WeightsNotFoundError(HeadstartError):
+    """No source of pretrained weights for a backbone could be reached."""
+
+
+class BundleError(HeadstartError):
+    """A saved model folder is missing, incomplete or from an incompatible version."""
+
+
+class NotFittedError(HeadstartError, AttributeError):
+    """A method that needs a fitted estimator was called before ``fit`` or ``load``."""
+
+
+class ResumeError(HeadstartError):
+    """A run folder cannot be resumed (no checkpoint, or a different configuration)."""
+
+
+def check_choice(owner: str, name: str, value: object, choices: "set[str] | list[str] | tuple[str, ...]") -> None:
+    """Raise :class:`ParameterError` unless ``value`` is one of ``choices``.
+
+    >>> check_choice("ImageClassifier", "strategy", "fine_tune", ("linear_probe", "fine_tune", "full"))
+    >>> check_choice("ImageClassifier", "strategy", "finetune", ("linear_probe", "fine_tune"))
+    Traceback (most recent call last):
+    ...
+    headstart.errors.ParameterError: The 'strategy' parameter of ImageClassifier must be one of ['fine_tune', 'linear_probe']. Got 'finetune'.
+    """
+    if value not in choices:
+        close = [c for c in choices if str(value).replace("_", "").lower() == c.replace("_", "").lower()]
+        raise ParameterError(
+            f"The '{name}' parameter of {owner} must be one of {sorted(choices)}. Got {value!r}.",
+            fix=f"Did you mean {close[0]!r}?" if close else f"Use one of {sorted(choices)}.",
+        )

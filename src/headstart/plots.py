@@ -1,0 +1,67 @@
+"""Figures from a finished run: training curves and the confusion matrix (PNG, written atomically)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_training_curves", "plot_confusion_matrix"]
+
+
+def _save(figure: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path
+
+
+def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Loss and accuracy per epoch, train vs validation, with stage boundaries marked (Keras-style)."""
+    epochs = [h["epoch"] for h in history]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
+        axis.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
+        axis.plot(epochs, [h[f"val_{metric}"] for h in history], "o-", label="validation")
+        for previous, current in zip(history, history[1:]):
+            if previous["stage"] != current["stage"]:
+                axis.axvline(previous["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)
+                axis.text(previous["epoch"] + 0.55, axis.get_ylim()[1], f"unfreeze", fontsize=8, va="top",
+                          color="grey")
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    return _save(figure, Path(path))
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str],
+                          path: str | os.PathLike[str], *, title: str = "Confusion matrix") -> Path:
+    """Counts with row-normalised colour (rows = true class)."""
+    counts = np.asarray(matrix)
+    k = len(classes)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.6 * k + 2)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, fraction=0.046, label="share of true class")
+    axis.set_xticks(range(k), classes, rotation=45, ha="right")
+    axis.set_yticks(range(k), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                axis.text(j, i, str(counts[i, j]), ha="center", va="center",
+                          color="white" if rates[i, j] > 0.5 else "black", fontsize=9)
+    return _save(figure, Path(path))

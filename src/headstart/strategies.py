@@ -1,0 +1,187 @@
+"""How a pretrained backbone is frozen and unfrozen, and the learning rate of each layer group.
+
+A strategy is a list of :class:`Stage` objects. Each one is defined in one place below:
+
+- ``linear_probe``: the backbone stays frozen (BatchNorm statistics included); only a new linear head learns.
+- ``fine_tune``: fastai's recipe. Train the new head with the backbone frozen, then unfreeze everything and
+  train on with lower learning rates for earlier layer groups (discriminative learning rates).
+- ``full``: train every layer from the start with one learning rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+from headstart.errors import ParameterError, check_choice
+
+__all__ = [
+    "STRATEGIES",
+    "Stage",
+    "ClassifierNet",
+    "plan_stages",
+    "choose_strategy",
+    "layer_groups",
+    "parameter_groups",
+]
+
+STRATEGIES = ("linear_probe", "fine_tune", "full")
+# Number of backbone layer groups that get their own learning rate when the backbone is unfrozen.
+N_BACKBONE_GROUPS = 3
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase of training.
+
+    Args:
+        name: ``head`` (backbone frozen) or ``all`` (everything trains).
+        epochs: epochs in this stage.
+        freeze_backbone: keep every backbone weight and BatchNorm statistic fixed.
+        lr: peak learning rate of the head.
+        lr_ratio: the earliest backbone group's learning rate divided by ``lr``; groups in between are spaced
+            geometrically (1.0 = one learning rate for all).
+    """
+
+    name: str
+    epochs: int
+    freeze_backbone: bool
+    lr: float
+    lr_ratio: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_stages(strategy: str, epochs: int, *, lr: float | None = None) -> list[Stage]:
+    """The stages of ``strategy`` for a total of ``epochs`` epochs.
+
+    Args:
+        strategy: one of :data:`STRATEGIES`.
+        epochs: total epochs over all stages (``fine_tune`` needs at least 2).
+        lr: the head's peak learning rate; each strategy has its own default.
+
+    >>> [(s.name, s.epochs) for s in plan_stages("fine_tune", 8)]
+    [('head', 2), ('all', 6)]
+    """
+    check_choice("ImageClassifier", "strategy", strategy, STRATEGIES)
+    if epochs < 1 or (strategy == "fine_tune" and epochs < 2):
+        raise ParameterError(
+            f"The 'epochs' parameter must be at least {2 if strategy == 'fine_tune' else 1} for strategy"
+            f" {strategy!r}. Got {epochs}.",
+            fix="Pass a larger --epochs, or leave it unset to let headstart choose.",
+        )
+    if strategy == "linear_probe":
+        return [Stage("head", epochs, freeze_backbone=True, lr=lr or 3e-3)]
+    if strategy == "full":
+        return [Stage("all", epochs, freeze_backbone=False, lr=lr or 5e-4)]
+    # fine_tune: about a quarter of the epochs for the head, then everything, with the earliest layers
+    # learning 20x more slowly than the head (fastai uses slice(lr/100, lr) with its one-cycle schedule).
+    head_lr = lr or 2e-3
+    head_epochs = max(1, round(epochs / 4))
+    return [
+        Stage("head", head_epochs, freeze_backbone=True, lr=head_lr),
+        Stage("all", epochs - head_epochs, freeze_backbone=False, lr=head_lr / 4, lr_ratio=1 / 20),
+    ]
+
+
+def choose_strategy(n_train: int) -> tuple[str, int, str]:
+    """Default strategy and epoch count for ``n_train`` training images, and the reason, for printing.
+
+    >>> choose_strategy(245)[:2]
+    ('fine_tune', 8)
+    """
+    if n_train < 100:
+        return "linear_probe", 10, f"{n_train} training images (<100): too few to move backbone weights safely"
+    if n_train <= 2000:
+        return "fine_tune", 8, f"{n_train} training images (100-2000): short head warm-up, then unfrozen fine-tuning"
+    return "fine_tune", 5, f"{n_train} training images (>2000): fine-tuning converges in few epochs"
+
+
+class ClassifierNet(nn.Module):
+    """A timm model with a new head, that can run with its backbone frozen.
+
+    When frozen, the backbone runs under ``no_grad`` and stays in eval mode (its BatchNorm statistics do not
+    move); only the classifier trains. ``forward_features`` / ``forward_head`` are timm's head API.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.backbone_frozen = False
+        # timm's initialisations scale the classifier by 1/sqrt(num_classes) (EfficientNet: std 0.41 for two
+        # classes), which starts a new head with confident random logits. A small init starts it near uniform.
+        for module in model.get_classifier().modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        self.backbone_frozen = frozen
+        head = {id(p) for p in self.model.get_classifier().parameters()}
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(not frozen or id(parameter) in head)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ClassifierNet":
+        super().train(mode)
+        if self.backbone_frozen:
+            classifier = set(self.model.get_classifier().modules())
+            for module in self.model.modules():
+                # The root keeps its flag so head dropout (which reads the root's .training) still works.
+                if module is not self.model and module not in classifier:
+                    module.training = False
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.backbone_frozen:
+            with torch.no_grad():
+                features = self.model.forward_features(images)
+            return self.model.forward_head(features)
+        return self.model(images)
+
+
+def layer_groups(model: nn.Module, n_groups: int = N_BACKBONE_GROUPS) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
+    """Split a timm model's parameters into ``n_groups`` backbone groups (earliest first) and the head.
+
+    Uses timm's coarse group matcher (stem, stages/blocks, head), merged into ``n_groups`` nearly equal runs.
+    """
+    head = list(model.get_classifier().parameters())
+    head_ids = {id(p) for p in head}
+    named = dict(model.named_parameters())
+    ordered: list[list[nn.Parameter]] = []
+    for names in group_parameters(model, model.group_matcher(coarse=True)).values():
+        members = [named[n] for n in names if id(named[n]) not in head_ids]
+        if members:
+            ordered.append(members)
+    n_groups = max(1, min(n_groups, len(ordered)))
+    bounds = [round(i * len(ordered) / n_groups) for i in range(n_groups + 1)]
+    groups = [[p for chunk in ordered[bounds[i]:bounds[i + 1]] for p in chunk] for i in range(n_groups)]
+    return groups, head
+
+
+def parameter_groups(net: ClassifierNet, stage: Stage, *, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups for ``stage``: each carries its ``lr_scale`` (its lr = scale x schedule lr).
+
+    Biases and normalisation weights (1-d tensors) get no weight decay.
+    """
+    backbone, head = layer_groups(net.model)
+    scaled: list[tuple[float, list[nn.Parameter]]] = [(1.0, head)]
+    if not stage.freeze_backbone:
+        n = len(backbone)
+        for index, params in enumerate(backbone):
+            # earliest group -> lr_ratio, last backbone group -> lr_ratio ** (1/n), head -> 1
+            scale = stage.lr_ratio ** ((n - index) / n)
+            scaled.append((scale, params))
+    groups: list[dict[str, Any]] = []
+    for scale, params in scaled:
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        for members, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if members:
+                groups.append({"params": members, "lr_scale": scale, "weight_decay": wd, "lr": stage.lr * scale})
+    return groups

@@ -1,0 +1,339 @@
+"""The training loop: stages, epochs, warm-up + cosine schedule, early stopping, checkpoints, resume.
+
+Built on Lightning Fabric, so the same loop runs on one CPU, one GPU with mixed precision, or several
+processes with DistributedDataParallel (``devices=2`` on CPU uses gloo). Each epoch starts from a seed derived
+from the run's seed and the epoch number, so a run resumed from its checkpoint after epoch N replays epochs
+N+1... exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning_fabric import Fabric
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from headstart.data.transforms import ImageDataset
+from headstart.errors import ParameterError, ResumeError, check_choice
+from headstart.inference import predict_loader
+from headstart.storage import (
+    atomic_directory,
+    atomic_save_tensors,
+    atomic_write_json,
+    flatten_optimizer_state,
+    load_tensors,
+    read_json,
+    unflatten_optimizer_state,
+)
+from headstart.strategies import ClassifierNet, Stage, parameter_groups
+
+__all__ = ["TrainConfig", "TrainState", "lr_factor", "train_classifier", "latest_checkpoint"]
+
+MONITORS = {"val_loss": "min", "val_accuracy": "max"}
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of the loop (the model and data are chosen elsewhere). Saved in every run and bundle."""
+
+    batch_size: int = 32
+    weight_decay: float = 0.02
+    label_smoothing: float = 0.1
+    warmup_fraction: float = 0.1
+    patience: int | None = 3
+    monitor: str = "val_loss"
+    class_weights: bool = False
+    seed: int = 0
+    num_workers: int | None = None
+    devices: int = 1
+    accelerator: str = "auto"
+    precision: str = "32-true"
+
+    def validate(self) -> None:
+        check_choice("TrainConfig", "monitor", self.monitor, tuple(MONITORS))
+        if self.batch_size < 1:
+            raise ParameterError(f"The 'batch_size' parameter must be >= 1. Got {self.batch_size}.", fix="Pass --batch-size 1 or more.")
+        if self.patience is not None and self.patience < 1:
+            raise ParameterError(f"The 'patience' parameter must be >= 1 or None. Got {self.patience}.",
+                                 fix="Pass --patience N with N >= 1, or 0 on the CLI (None in Python) to disable early stopping.")
+        if self.devices < 1:
+            raise ParameterError(f"The 'devices' parameter must be >= 1. Got {self.devices}.", fix="Pass --devices 1 or more.")
+
+
+@dataclass
+class TrainState:
+    """Where training is; saved in every checkpoint."""
+
+    stage_index: int = 0
+    epoch_in_stage: int = 0  # epochs completed in the current stage
+    epoch: int = 0  # epochs completed overall
+    best_score: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0, as a pure function of the step.
+
+    >>> [round(lr_factor(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
+    [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _seed_epoch(seed: int, epoch: int) -> int:
+    value = seed * 10_007 + epoch
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+    return value
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    folder = Path(run_dir) / "checkpoints"
+    found = sorted(folder.glob("epoch-*[0-9]")) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def _save_checkpoint(run_dir: Path, net: ClassifierNet, optimizer: torch.optim.Optimizer, state: TrainState,
+                     best_file: str | None) -> None:
+    folder = run_dir / "checkpoints"
+    tensors, structure = flatten_optimizer_state(optimizer.state_dict())
+    with atomic_directory(folder / f"epoch-{state.epoch:04d}") as temporary:
+        atomic_save_tensors(temporary / "model.safetensors", net.state_dict())
+        atomic_save_tensors(temporary / "optimizer.safetensors", tensors)
+        atomic_write_json(temporary / "state.json",
+                          {"train_state": asdict(state), "optimizer": structure, "best_file": best_file})
+    # Older checkpoints and best-weight files are no longer needed once the new checkpoint exists.
+    for old in folder.glob("epoch-*[0-9]"):
+        if old.name != f"epoch-{state.epoch:04d}":
+            shutil.rmtree(old, ignore_errors=True)
+    for old in folder.glob("best-epoch-*.safetensors"):
+        if old.name != best_file:
+            old.unlink(missing_ok=True)
+
+
+def _make_loader(dataset: ImageDataset, config: TrainConfig, fabric: Fabric, *, shuffle_seed: int | None,
+                 epoch: int) -> DataLoader:
+    from headstart.inference import auto_num_workers
+
+    workers = auto_num_workers(len(dataset)) if config.num_workers is None else config.num_workers
+    sampler: Any
+    if shuffle_seed is None:
+        sampler = None
+    elif fabric.world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=fabric.world_size, rank=fabric.global_rank,
+                                     shuffle=True, seed=shuffle_seed)
+        sampler.set_epoch(epoch)
+    else:
+        generator = torch.Generator().manual_seed(shuffle_seed * 7919 + epoch)
+        sampler = RandomSampler(dataset, generator=generator)
+    generator = torch.Generator().manual_seed((shuffle_seed or 0) * 104_729 + epoch)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                        generator=generator, drop_last=False, persistent_workers=False,
+                        pin_memory=fabric.device.type == "cuda")
+    return fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=True)
+
+
+def train_classifier(
+    net: ClassifierNet,
+    train_set: ImageDataset,
+    val_set: ImageDataset,
+    stages: Sequence[Stage],
+    config: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    class_counts: Sequence[int] | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+    after_epoch: Callable[[TrainState], None] | None = None,
+) -> tuple[TrainState, Fabric]:
+    """Train ``net`` through ``stages``; restore the best epoch's weights at the end.
+
+    Args:
+        net: the model, its head already sized for the classes.
+        train_set, val_set: datasets with train and eval transforms.
+        stages: from :func:`headstart.strategies.plan_stages`.
+        config: loop settings.
+        run_dir: where checkpoints go (``run_dir/checkpoints``); None trains without checkpoints.
+        resume: continue from the latest checkpoint in ``run_dir``.
+        class_counts: training images per class, for ``config.class_weights``.
+        console: where to print; progress bars are shown when ``progress``.
+        after_epoch: called with the state after every epoch (after its checkpoint is written).
+
+    Returns:
+        The final state (history, best epoch) and the Fabric object (rank, device).
+
+    Raises:
+        ResumeError: ``resume`` without a checkpoint in ``run_dir``.
+    """
+    config.validate()
+    console = console or Console()
+    fabric = Fabric(accelerator=config.accelerator, devices=config.devices, precision=config.precision,
+                    strategy="ddp" if config.devices > 1 else "auto")
+    fabric.launch()
+    show = progress and fabric.is_global_zero
+    channels_last = fabric.device.type == "cpu"
+    net.to(fabric.device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+
+    state = TrainState()
+    saved_optimizer: dict[str, Any] | None = None
+    best_file: str | None = None
+    best_weights: dict[str, torch.Tensor] | None = None  # kept in memory when there is no run folder
+    if resume:
+        checkpoint = latest_checkpoint(run_dir) if run_dir is not None else None
+        if checkpoint is None:
+            raise ResumeError(f"Cannot resume: no checkpoint in {run_dir}/checkpoints.",
+                              fix="Start the run again without --resume.")
+        saved = read_json(checkpoint / "state.json")
+        state = TrainState(**saved["train_state"])
+        best_file = saved.get("best_file")
+        net.load_state_dict(load_tensors(checkpoint / "model.safetensors"))
+        saved_optimizer = unflatten_optimizer_state(load_tensors(checkpoint / "optimizer.safetensors"),
+                                                    saved["optimizer"])
+        if fabric.is_global_zero:
+            console.print(f"Resuming from {checkpoint} (epoch {state.epoch}, stage {stages[min(state.stage_index, len(stages) - 1)].name}).")
+
+    weight = None
+    if config.class_weights and class_counts is not None:
+        counts = torch.tensor(class_counts, dtype=torch.float32).clamp(min=1)
+        weight = (counts.sum() / (len(counts) * counts)).to(fabric.device)
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    direction = MONITORS[config.monitor]
+    val_loader = DataLoader(val_set, batch_size=config.batch_size * 2, shuffle=False,
+                            num_workers=0 if config.num_workers == 0 else min(1, len(val_set)))
+
+    while not state.finished and state.stage_index < len(stages):
+        stage = stages[state.stage_index]
+        net.freeze_backbone(stage.freeze_backbone)
+        # A new DDP wrapper per stage: DDP only synchronises parameters that require grad when it is built.
+        module = fabric.setup_module(net)
+        optimizer = fabric.setup_optimizers(torch.optim.AdamW(parameter_groups(net, stage,
+                                                                               weight_decay=config.weight_decay)))
+        if saved_optimizer is not None:
+            optimizer.load_state_dict(saved_optimizer)
+            saved_optimizer = None
+        steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * fabric.world_size))
+        total_steps = stage.epochs * steps_per_epoch
+        warmup_steps = int(config.warmup_fraction * total_steps)
+
+        while state.epoch_in_stage < stage.epochs:
+            started = time.perf_counter()
+            seed = _seed_epoch(config.seed, state.epoch)
+            loader = _make_loader(train_set, config, fabric, shuffle_seed=seed, epoch=state.epoch)
+            net.train()
+            loss_sum = torch.zeros((), device=fabric.device)
+            correct = torch.zeros((), device=fabric.device)
+            seen = torch.zeros((), device=fabric.device)
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+                           transient=True, disable=not show)
+            with bar:
+                task = bar.add_task(f"epoch {state.epoch + 1} [{stage.name}]", total=len(loader), info="")
+                for step, (images, labels) in enumerate(loader):
+                    train_set.raise_for_failures(labels)
+                    factor = lr_factor(state.epoch_in_stage * steps_per_epoch + step, total_steps, warmup_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = stage.lr * group["lr_scale"] * factor
+                    if channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    logits = module(images)
+                    loss = criterion(logits, labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    fabric.backward(loss)
+                    optimizer.step()
+                    loss_sum += loss.detach() * len(labels)
+                    correct += (logits.detach().argmax(1) == labels).sum()
+                    seen += len(labels)
+                    bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
+            loss_sum, correct, seen = (fabric.all_reduce(t, reduce_op="sum") for t in (loss_sum, correct, seen))
+
+            # Every rank scores the whole validation set on the unwrapped model, so early-stopping
+            # decisions agree across processes without communication.
+            probabilities, val_labels = predict_loader(net, val_loader, device=fabric.device,
+                                                       channels_last=channels_last)
+            val_labels_t = torch.as_tensor(val_labels, dtype=torch.long)
+            log_probs = torch.log(torch.as_tensor(probabilities).clamp_min(1e-12))
+            val_loss = float(nn.functional.nll_loss(log_probs, val_labels_t))
+            val_accuracy = float((probabilities.argmax(1) == val_labels).mean())
+            record = {
+                "epoch": state.epoch + 1, "stage": stage.name,
+                "train_loss": float(loss_sum / seen), "train_accuracy": float(correct / seen),
+                "val_loss": val_loss, "val_accuracy": val_accuracy,
+                "lr": stage.lr * factor, "seconds": round(time.perf_counter() - started, 2),
+            }
+            state.history.append(record)
+            state.epoch += 1
+            state.epoch_in_stage += 1
+
+            score = record[config.monitor]
+            improved = state.best_score is None or (score < state.best_score if direction == "min"
+                                                    else score > state.best_score)
+            if improved:
+                state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+                if run_dir is None:
+                    best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                else:
+                    best_file = f"best-epoch-{state.epoch:04d}.safetensors"
+                    if fabric.is_global_zero:
+                        atomic_save_tensors(run_dir / "checkpoints" / best_file, net.state_dict())
+            elif state.stage_index == len(stages) - 1:
+                # Patience counts only in the last stage: a frozen warm-up stage is never cut short.
+                state.bad_epochs += 1
+            if show:
+                console.print(
+                    f"epoch {record['epoch']:>3} [{stage.name:>4}]  train loss {record['train_loss']:.4f}"
+                    f" acc {record['train_accuracy']:.3f} | val loss {val_loss:.4f} acc {val_accuracy:.3f}"
+                    f"  {record['seconds']:.1f}s" + ("  *" if improved else ""), markup=False, highlight=False
+                )
+            if config.patience is not None and state.bad_epochs >= config.patience:
+                state.stopped_early = True
+                state.finished = True
+            if state.epoch_in_stage >= stage.epochs and not state.finished:
+                state.stage_index += 1
+                state.epoch_in_stage = 0
+                state.finished = state.stage_index >= len(stages)
+            if state.stage_index >= len(stages):
+                state.finished = True
+            if run_dir is not None and fabric.is_global_zero:
+                _save_checkpoint(run_dir, net, optimizer, state, best_file)
+            fabric.barrier()
+            if after_epoch is not None:
+                after_epoch(state)
+            if state.finished or state.epoch_in_stage == 0:
+                break
+
+    # Restore the best epoch. With checkpoints, every rank reads rank 0's file (after the barrier above).
+    if run_dir is not None and best_file is not None:
+        net.load_state_dict(load_tensors(run_dir / "checkpoints" / best_file))
+    elif best_weights is not None:
+        net.load_state_dict(best_weights)
+    net.freeze_backbone(False)
+    net.eval()
+    if show and state.stopped_early:
+        console.print(f"Early stopping: no {config.monitor} improvement for {config.patience} epochs.")
+    if show:
+        console.print(f"Restored the best epoch ({state.best_epoch}, {config.monitor} {state.best_score:.4f}).")
+    return state, fabric

@@ -1,0 +1,141 @@
+"""Image folders: layouts, splits, RGB conversion, and every kind of bad input, built from real photos."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headstart.data import ImageDecodeError, load_image, load_image_dataset, scan_image_folder, stratified_split
+from headstart.errors import DataError, ParameterError
+
+
+def _a_photo(folder: Path) -> Path:
+    return sorted(folder.rglob("*.jpg"))[0]
+
+
+def test_rgb_conversion_of_every_mode(tmp_path: Path, image_folder: Path) -> None:
+    photo = Image.open(_a_photo(image_folder)).convert("RGB")
+    cases = {
+        "gray.png": photo.convert("L"),
+        "palette.png": photo.convert("P"),
+        "cmyk.jpg": photo.convert("CMYK"),
+        "rgba.png": photo.convert("RGBA"),
+        "animated.gif": photo.convert("P"),
+    }
+    for name, image in cases.items():
+        image.save(tmp_path / name)
+    # 16-bit grayscale PNG with the full 16-bit range
+    deep = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep16.png")
+    for file in sorted(tmp_path.glob("*.*")):
+        image = load_image(file)
+        assert image.mode == "RGB", file.name
+        assert image.size == photo.size, file.name
+    # 16-bit values are scaled to 8 bits, not clipped to white
+    deep_rgb = np.asarray(load_image(tmp_path / "deep16.png"))
+    reference = np.asarray(photo.convert("L"))
+    assert np.abs(deep_rgb[..., 0].astype(int) - reference.astype(int)).max() <= 1
+    # transparent pixels are composited on white
+    transparent = Image.new("RGBA", (20, 20), (255, 0, 0, 0))
+    transparent.save(tmp_path / "clear.png")
+    assert np.asarray(load_image(tmp_path / "clear.png"))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_bad_files_are_skipped_counted_and_listed(image_folder: Path) -> None:
+    ants, bees = image_folder / "ants", image_folder / "bees"
+    photo = _a_photo(ants)
+    raw = photo.read_bytes()
+    (ants / "corrupt.jpg").write_bytes(raw[:200] + bytes(range(256)) * 20)
+    (ants / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
+    (ants / "empty.jpg").write_bytes(b"")
+    (ants / "notes.jpg").write_text("this is not an image, just text named .jpg")
+    (ants / "readme.txt").write_text("a stray text file")
+    Image.new("L", (30000, 30000)).save(bees / "bomb.png")  # 900 Mpx, a few hundred KB on disk
+    (bees / "a name with spaces ü é 日本.jpg").write_bytes(raw)
+    checkpoints = image_folder / "bees" / ".ipynb_checkpoints"
+    checkpoints.mkdir()
+    shutil.copy(photo, checkpoints / "copy-checkpoint.jpg")
+    (image_folder / "__MACOSX").mkdir()
+    (image_folder / ".hidden_class").mkdir()
+
+    samples, skipped = scan_image_folder(image_folder)
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert samples.classes == ["ants", "bees"]  # __MACOSX and dot-folders are not classes
+    assert set(reasons) == {"corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.jpg", "readme.txt", "bomb.png"}
+    assert "empty" in reasons["empty.jpg"]
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "not an image" in reasons["notes.jpg"]
+    assert "bomb" in reasons["bomb.png"]
+    assert any(p.name.startswith("a name with spaces") for p in samples.paths)
+    assert not any(".ipynb_checkpoints" in str(p) for p in samples.paths)
+    assert samples.class_counts() == {"ants": 16, "bees": 17}
+
+
+def test_empty_class_is_an_error_before_training(image_folder: Path) -> None:
+    (image_folder / "wasps").mkdir()
+    (image_folder / "wasps" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    with pytest.raises(DataError, match=r"no usable image: \['wasps'\]"):
+        scan_image_folder(image_folder)
+
+
+def test_single_class_is_an_error(tmp_path: Path, image_folder: Path) -> None:
+    shutil.rmtree(image_folder / "bees")
+    with pytest.raises(DataError, match="at least two classes") as info:
+        scan_image_folder(image_folder)
+    assert info.value.fix
+
+
+def test_loose_files_without_class_folders(tmp_path: Path, image_folder: Path) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for file in list((image_folder / "ants").glob("*.jpg"))[:3]:
+        shutil.copy(file, flat)
+    with pytest.raises(DataError, match="loose files"):
+        scan_image_folder(flat)
+
+
+def test_labels_differing_between_train_and_val(tmp_path: Path, sample_dir: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(sample_dir, root)
+    shutil.move(root / "val" / "bees", root / "val" / "wasps")
+    with pytest.raises(DataError, match=r"missing \['bees'\].*not in training data \['wasps'\]"):
+        load_image_dataset(root)
+
+
+def test_presplit_layout_with_validation_folder(tmp_path: Path, sample_dir: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(sample_dir, root)
+    (root / "val").rename(root / "validation")
+    splits = load_image_dataset(root)
+    assert len(splits.train) == 32 and len(splits.val) == 12 and splits.test is not None and len(splits.test) == 12
+    assert splits.split.startswith("given")
+
+
+def test_stratified_split_is_seeded_and_keeps_proportions(image_folder: Path) -> None:
+    splits = load_image_dataset(image_folder, val_fraction=0.25, seed=3)
+    again = load_image_dataset(image_folder, val_fraction=0.25, seed=3)
+    other = load_image_dataset(image_folder, val_fraction=0.25, seed=4)
+    assert splits.val.paths == again.val.paths
+    assert splits.val.paths != other.val.paths
+    assert splits.val.class_counts() == {"ants": 4, "bees": 4}
+    assert not set(splits.val.paths) & set(splits.train.paths)
+    assert "stratified" in splits.split
+    with pytest.raises(ParameterError, match="val_fraction"):
+        stratified_split(splits.train, val_fraction=1.5, seed=0)
+
+
+def test_decode_error_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(ImageDecodeError) as info:
+        load_image(bad)
+    assert str(bad) in str(info.value) and info.value.fix
+
+
+def test_missing_data_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_image_dataset(tmp_path / "nope")
