@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from headstart.backbones import create_backbone
 from headstart.errors import ParameterError
-from headstart.strategies import ClassifierNet, choose_strategy, layer_groups, parameter_groups, plan_stages
+from headstart.strategies import (
+    ClassifierNet,
+    choose_strategy,
+    default_epochs,
+    layer_groups,
+    parameter_groups,
+    plan_stages,
+)
 from headstart.train import lr_factor
 
 from conftest import TINY_BACKBONE
@@ -22,19 +30,21 @@ def _net() -> ClassifierNet:
 def test_stage_plans() -> None:
     assert [(s.name, s.freeze_backbone) for s in plan_stages("linear_probe", 5)] == [("head", True)]
     assert [(s.name, s.freeze_backbone) for s in plan_stages("full", 5)] == [("all", False)]
-    head, everything = plan_stages("fine_tune", 12, lr=1e-3)
+    head, everything = plan_stages("fine_tune", 12, lr=1e-3, head_epochs=2)
     assert head.freeze_backbone and not everything.freeze_backbone
-    assert head.epochs + everything.epochs == 12 and head.lr == 1e-3 and everything.lr < head.lr
-    with pytest.raises(ParameterError, match="'strategy'.*Got 'finetune'"):
+    assert (head.epochs, everything.epochs) == (2, 12) and head.lr == 1e-3 and everything.lr < head.lr
+    with pytest.raises(ParameterError, match="'strategy'.*Got 'finetune'") as info:
         plan_stages("finetune", 5)
-    with pytest.raises(ParameterError, match="at least 2"):
-        plan_stages("fine_tune", 1)
+    assert "fine_tune" in (info.value.fix or "")
+    with pytest.raises(ParameterError, match="at least 1"):
+        plan_stages("fine_tune", 0)
 
 
 def test_default_strategy_depends_on_dataset_size() -> None:
     assert choose_strategy(40)[0] == "linear_probe"
-    assert choose_strategy(400)[0] == "fine_tune"
-    assert choose_strategy(40_000)[1] < choose_strategy(400)[1]
+    assert choose_strategy(400)[0] == "linear_probe"
+    assert choose_strategy(4000)[0] == "fine_tune"
+    assert default_epochs("fine_tune", 40_000) < default_epochs("fine_tune", 400)
 
 
 def test_frozen_backbone_keeps_batchnorm_statistics_and_trains_only_the_head() -> None:
@@ -88,3 +98,22 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     assert values[0] < values[5] < values[9] == 1.0
     assert all(a >= b for a, b in zip(values[10:], values[11:]))
     assert values[-1] == pytest.approx(0.0)
+
+
+def test_linear_head_is_solved_with_a_cross_validated_penalty() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from headstart.heads import fit_linear_head
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 150)
+    features = rng.normal(size=(150, 20)) + 1.2 * np.eye(3, 20)[labels]
+    fit = fit_linear_head(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), 3, grid=(0.01,))
+    # the same objective as scikit-learn's multinomial logistic regression with C = 1 / (n * l2)
+    reference = LogisticRegression(C=1 / (150 * 0.01), max_iter=5000, tol=1e-10).fit(features, labels)
+    assert np.allclose(fit.weight.numpy(), reference.coef_, atol=2e-3)
+    chosen = fit_linear_head(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), 3)
+    assert len(chosen.cv) == 7 and chosen.l2 in [row["l2"] for row in chosen.cv]
+    best = min(row["cv_log_loss"] for row in chosen.cv)
+    row = next(r for r in chosen.cv if r["l2"] == chosen.l2)
+    assert row["cv_log_loss"] <= best + max(r["standard_error"] for r in chosen.cv)

@@ -25,6 +25,7 @@ __all__ = [
     "ClassifierNet",
     "plan_stages",
     "choose_strategy",
+    "default_epochs",
     "layer_groups",
     "parameter_groups",
 ]
@@ -45,6 +46,8 @@ class Stage:
         lr: peak learning rate of the head.
         lr_ratio: the earliest backbone group's learning rate divided by ``lr``; groups in between are spaced
             geometrically (1.0 = one learning rate for all).
+        freeze_batchnorm: keep BatchNorm layers in eval mode (their statistics fixed) even when the backbone
+            trains: with a few hundred images, batch statistics of 32 images are noisier than ImageNet's.
     """
 
     name: str
@@ -52,54 +55,73 @@ class Stage:
     freeze_backbone: bool
     lr: float
     lr_ratio: float = 1.0
+    freeze_batchnorm: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def plan_stages(strategy: str, epochs: int, *, lr: float | None = None) -> list[Stage]:
-    """The stages of ``strategy`` for a total of ``epochs`` epochs.
+def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, head_epochs: int = 1) -> list[Stage]:
+    """The stages of ``strategy``.
 
     Args:
         strategy: one of :data:`STRATEGIES`.
-        epochs: total epochs over all stages (``fine_tune`` needs at least 2).
+        epochs: epochs of the strategy's main stage: the head for ``linear_probe``, the unfrozen network for
+            ``fine_tune`` and ``full``.
         lr: the head's peak learning rate; each strategy has its own default.
+        head_epochs: ``fine_tune`` only: epochs of the frozen head stage before unfreezing (fastai's
+            ``freeze_epochs``). When the training loop caches frozen features, a frozen head stage is solved
+            to convergence in one step instead.
 
-    >>> [(s.name, s.epochs) for s in plan_stages("fine_tune", 8)]
-    [('head', 2), ('all', 6)]
+    >>> [(s.name, s.epochs, s.freeze_backbone) for s in plan_stages("fine_tune", 6)]
+    [('head', 1, True), ('all', 6, False)]
     """
     check_choice("ImageClassifier", "strategy", strategy, STRATEGIES)
-    if epochs < 1 or (strategy == "fine_tune" and epochs < 2):
+    if epochs < 1 or head_epochs < 1:
         raise ParameterError(
-            f"The 'epochs' parameter must be at least {2 if strategy == 'fine_tune' else 1} for strategy"
-            f" {strategy!r}. Got {epochs}.",
-            fix="Pass a larger --epochs, or leave it unset to let headstart choose.",
+            f"The 'epochs' parameter must be at least 1 for strategy {strategy!r}. Got {epochs}"
+            + (f" (head_epochs {head_epochs})" if head_epochs < 1 else "") + ".",
+            fix="Pass a positive --epochs, or leave it unset to let headstart choose.",
         )
     if strategy == "linear_probe":
         return [Stage("head", epochs, freeze_backbone=True, lr=lr or 3e-3)]
     if strategy == "full":
         return [Stage("all", epochs, freeze_backbone=False, lr=lr or 5e-4)]
-    # fine_tune: about a quarter of the epochs for the head, then everything, with the earliest layers
-    # learning 20x more slowly than the head (fastai uses slice(lr/100, lr) with its one-cycle schedule).
+    # fine_tune: the head first, then everything, with the earliest layers learning 20x more slowly than the
+    # head (fastai's fine_tune: freeze_epochs=1, then slice(lr/100, lr) with its one-cycle schedule).
     head_lr = lr or 2e-3
-    head_epochs = max(1, round(epochs / 4))
     return [
         Stage("head", head_epochs, freeze_backbone=True, lr=head_lr),
-        Stage("all", epochs - head_epochs, freeze_backbone=False, lr=head_lr / 4, lr_ratio=1 / 20),
+        Stage("all", epochs, freeze_backbone=False, lr=head_lr / 4, lr_ratio=1 / 20),
     ]
 
 
-def choose_strategy(n_train: int) -> tuple[str, int, str]:
-    """Default strategy and epoch count for ``n_train`` training images, and the reason, for printing.
+def choose_strategy(n_train: int) -> tuple[str, str]:
+    """Default strategy for ``n_train`` training images, and the reason, for printing.
 
-    >>> choose_strategy(245)[:2]
-    ('fine_tune', 8)
+    Below 1,000 images a linear probe on frozen features (solved exactly, penalty chosen by cross-validation)
+    was as accurate as fine-tuning in our measurements (docs/benchmarks.md) at a fraction of the cost, and it
+    cannot overfit the backbone; above that, fine-tuning has the data to move the backbone.
+
+    >>> choose_strategy(245)[0], choose_strategy(5000)[0]
+    ('linear_probe', 'fine_tune')
     """
-    if n_train < 100:
-        return "linear_probe", 10, f"{n_train} training images (<100): too few to move backbone weights safely"
-    if n_train <= 2000:
-        return "fine_tune", 8, f"{n_train} training images (100-2000): short head warm-up, then unfrozen fine-tuning"
-    return "fine_tune", 5, f"{n_train} training images (>2000): fine-tuning converges in few epochs"
+    if n_train < 1000:
+        return "linear_probe", f"{n_train} training images (<1000): frozen backbone, linear head on cached features"
+    return "fine_tune", f"{n_train} training images (>=1000): head first, then the whole network"
+
+
+def default_epochs(strategy: str, n_train: int) -> int:
+    """Epochs of the main stage when none are given: fewer for larger datasets (more steps per epoch).
+
+    >>> default_epochs("fine_tune", 500), default_epochs("fine_tune", 20000)
+    (8, 4)
+    """
+    if strategy == "linear_probe":
+        return 10  # used only when features are not cached; a cached head is solved in one step
+    if n_train <= 1000:
+        return 8
+    return 6 if n_train <= 5000 else 4
 
 
 class ClassifierNet(nn.Module):
@@ -113,6 +135,7 @@ class ClassifierNet(nn.Module):
         super().__init__()
         self.model = model
         self.backbone_frozen = False
+        self.batchnorm_frozen = False
         # timm's initialisations scale the classifier by 1/sqrt(num_classes) (EfficientNet: std 0.41 for two
         # classes), which starts a new head with confident random logits. A small init starts it near uniform.
         for module in model.get_classifier().modules():
@@ -120,8 +143,9 @@ class ClassifierNet(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.01)
                 nn.init.zeros_(module.bias)
 
-    def freeze_backbone(self, frozen: bool) -> None:
+    def freeze_backbone(self, frozen: bool, *, freeze_batchnorm: bool = False) -> None:
         self.backbone_frozen = frozen
+        self.batchnorm_frozen = freeze_batchnorm
         head = {id(p) for p in self.model.get_classifier().parameters()}
         for parameter in self.model.parameters():
             parameter.requires_grad_(not frozen or id(parameter) in head)
@@ -135,9 +159,23 @@ class ClassifierNet(nn.Module):
                 # The root keeps its flag so head dropout (which reads the root's .training) still works.
                 if module is not self.model and module not in classifier:
                     module.training = False
+        elif self.batchnorm_frozen:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.training = False
         return self
 
+    @torch.no_grad()
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """What the frozen backbone feeds the classifier: pooled features, shape (batch, num_features)."""
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits from images (batch, 3, H, W), or from cached :meth:`pooled_features` (batch, features)."""
+        if images.ndim == 2:
+            features = nn.functional.dropout(images, p=float(getattr(self.model, "drop_rate", 0.0)),
+                                             training=self.training)
+            return self.model.get_classifier()(features)
         if self.backbone_frozen:
             with torch.no_grad():
                 features = self.model.forward_features(images)

@@ -23,7 +23,7 @@ from lightning_fabric import Fabric
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 
 from headstart.data.transforms import ImageDataset
 from headstart.errors import ParameterError, ResumeError, check_choice
@@ -37,6 +37,7 @@ from headstart.storage import (
     read_json,
     unflatten_optimizer_state,
 )
+from headstart.heads import fit_linear_head
 from headstart.strategies import ClassifierNet, Stage, parameter_groups
 
 __all__ = ["TrainConfig", "TrainState", "lr_factor", "train_classifier", "latest_checkpoint"]
@@ -114,10 +115,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _save_checkpoint(run_dir: Path, net: ClassifierNet, optimizer: torch.optim.Optimizer, state: TrainState,
-                     best_file: str | None) -> None:
+def _save_checkpoint(run_dir: Path, net: ClassifierNet, optimizer: torch.optim.Optimizer | None,
+                     state: TrainState, best_file: str | None) -> None:
     folder = run_dir / "checkpoints"
-    tensors, structure = flatten_optimizer_state(optimizer.state_dict())
+    tensors, structure = flatten_optimizer_state(optimizer.state_dict()) if optimizer is not None else ({}, None)
     with atomic_directory(folder / f"epoch-{state.epoch:04d}") as temporary:
         atomic_save_tensors(temporary / "model.safetensors", net.state_dict())
         atomic_save_tensors(temporary / "optimizer.safetensors", tensors)
@@ -154,6 +155,63 @@ def _make_loader(dataset: ImageDataset, config: TrainConfig, fabric: Fabric, *, 
     return fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=True)
 
 
+def _extract(net: ClassifierNet, dataset: ImageDataset, config: TrainConfig, fabric: Fabric,
+             channels_last: bool, bar: Progress, task: Any) -> torch.Tensor:
+    from headstart.inference import auto_num_workers
+
+    workers = auto_num_workers(len(dataset)) if config.num_workers is None else config.num_workers
+    loader = DataLoader(dataset, batch_size=config.batch_size * 2, shuffle=False, num_workers=workers)
+    chunks = []
+    net.eval()
+    for images, labels in loader:
+        dataset.raise_for_failures(labels)
+        images = images.to(fabric.device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        chunks.append(net.pooled_features(images).float().cpu())
+        bar.update(task, advance=len(labels))
+    return torch.cat(chunks)
+
+
+def _cache_features(net: ClassifierNet, views: Sequence[ImageDataset], val_set: ImageDataset, config: TrainConfig,
+                    fabric: Fabric, console: Console, show: bool, channels_last: bool
+                    ) -> tuple[TensorDataset, TensorDataset]:
+    """Run the frozen backbone once over every training view and the validation set."""
+    started = time.perf_counter()
+    total = sum(len(v) for v in views) + len(val_set)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, transient=True, disable=not show)
+    with bar:
+        task = bar.add_task("frozen backbone: extracting features", total=total)
+        train = [_extract(net, view, config, fabric, channels_last, bar, task) for view in views]
+        val = _extract(net, val_set, config, fabric, channels_last, bar, task)
+    labels = torch.as_tensor([label for view in views for label in view.labels], dtype=torch.long)
+    if show:
+        console.print(f"Cached frozen features of {total} images ({len(views)} views of the training images) in"
+                      f" {time.perf_counter() - started:.1f}s; frozen epochs now train the head only.")
+    return (TensorDataset(torch.cat(train), labels),
+            TensorDataset(val, torch.as_tensor(val_set.labels, dtype=torch.long)))
+
+
+def _log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    picked = probabilities[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
+
+
+def _val_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {"val_loss": _log_loss(probabilities, labels),
+            "val_accuracy": float((probabilities.argmax(1) == labels).mean())}
+
+
+@torch.no_grad()
+def _predict_cached(net: ClassifierNet, features: TensorDataset) -> tuple[np.ndarray, np.ndarray]:
+    net.eval()
+    inputs, labels = features.tensors
+    device = next(net.parameters()).device
+    probabilities = torch.softmax(net(inputs.to(device)).float(), dim=1).cpu().numpy()
+    return probabilities, labels.cpu().numpy()
+
+
 def train_classifier(
     net: ClassifierNet,
     train_set: ImageDataset,
@@ -167,6 +225,7 @@ def train_classifier(
     console: Console | None = None,
     progress: bool = True,
     after_epoch: Callable[[TrainState], None] | None = None,
+    frozen_views: Sequence[ImageDataset] | None = None,
 ) -> tuple[TrainState, Fabric]:
     """Train ``net`` through ``stages``; restore the best epoch's weights at the end.
 
@@ -180,6 +239,9 @@ def train_classifier(
         class_counts: training images per class, for ``config.class_weights``.
         console: where to print; progress bars are shown when ``progress``.
         after_epoch: called with the state after every epoch (after its checkpoint is written).
+        frozen_views: deterministic views of the training images (e.g. centre crop and its mirror). When
+            given, stages with a frozen backbone run it once per view and train the head on the cached
+            features: each epoch then costs almost nothing, instead of a full backbone pass.
 
     Returns:
         The final state (history, best epoch) and the Fabric object (rank, device).
@@ -211,8 +273,9 @@ def train_classifier(
         state = TrainState(**saved["train_state"])
         best_file = saved.get("best_file")
         net.load_state_dict(load_tensors(checkpoint / "model.safetensors"))
-        saved_optimizer = unflatten_optimizer_state(load_tensors(checkpoint / "optimizer.safetensors"),
-                                                    saved["optimizer"])
+        if saved["optimizer"] is not None:  # None when the checkpoint closed a stage
+            saved_optimizer = unflatten_optimizer_state(load_tensors(checkpoint / "optimizer.safetensors"),
+                                                        saved["optimizer"])
         if fabric.is_global_zero:
             console.print(f"Resuming from {checkpoint} (epoch {state.epoch}, stage {stages[min(state.stage_index, len(stages) - 1)].name}).")
 
@@ -225,9 +288,86 @@ def train_classifier(
     val_loader = DataLoader(val_set, batch_size=config.batch_size * 2, shuffle=False,
                             num_workers=0 if config.num_workers == 0 else min(1, len(val_set)))
 
+    optimizer: Any = None
+
+    def _end_epoch(record: dict[str, Any]) -> bool:
+        """Record an epoch, track the best one, checkpoint; return True when the current stage loop must end."""
+        nonlocal best_file, best_weights
+        stage = stages[state.stage_index]
+        state.history.append(record)
+        state.epoch += 1
+        state.epoch_in_stage += 1
+        score = record[config.monitor]
+        improved = state.best_score is None or (score < state.best_score if direction == "min"
+                                                else score > state.best_score)
+        if improved:
+            state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+            if run_dir is None:
+                best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                best_file = f"best-epoch-{state.epoch:04d}.safetensors"
+                if fabric.is_global_zero:
+                    atomic_save_tensors(run_dir / "checkpoints" / best_file, net.state_dict())
+        elif state.stage_index == len(stages) - 1:
+            # Patience counts only in the last stage: a frozen warm-up stage is never cut short.
+            state.bad_epochs += 1
+        if show:
+            console.print(
+                f"epoch {record['epoch']:>3} [{stage.name:>4}]  train loss {record['train_loss']:.4f}"
+                f" acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f}"
+                f" acc {record['val_accuracy']:.3f}  {record['seconds']:.1f}s" + ("  *" if improved else "")
+                + (f"  (linear head solved, L2 {record['l2']:g} by CV)" if "l2" in record else ""),
+                markup=False, highlight=False,
+            )
+        if config.patience is not None and state.bad_epochs >= config.patience:
+            state.stopped_early = True
+            state.finished = True
+        stage_done = state.epoch_in_stage >= stage.epochs
+        if stage_done and not state.finished:
+            state.stage_index += 1
+            state.epoch_in_stage = 0
+        state.finished = state.finished or state.stage_index >= len(stages)
+        if run_dir is not None and fabric.is_global_zero:
+            # After a stage ends the next stage builds a new optimizer, so its state is not worth keeping.
+            keep = optimizer if (optimizer is not None and not stage_done) else None
+            _save_checkpoint(run_dir, net, keep, state, best_file)
+        fabric.barrier()
+        if after_epoch is not None:
+            after_epoch(state)
+        return state.finished or stage_done
+
+    cached: tuple[TensorDataset, TensorDataset] | None = None
     while not state.finished and state.stage_index < len(stages):
         stage = stages[state.stage_index]
-        net.freeze_backbone(stage.freeze_backbone)
+        net.freeze_backbone(stage.freeze_backbone, freeze_batchnorm=stage.freeze_batchnorm)
+        use_cache = stage.freeze_backbone and bool(frozen_views)
+        if use_cache:
+            # Frozen backbone + cached features: the linear head is a convex problem, solved to convergence
+            # in one step (penalty chosen by cross-validation on the training images), not over epochs.
+            if cached is None:
+                cached = _cache_features(net, frozen_views, val_set, config, fabric, console, show, channels_last)
+            started = time.perf_counter()
+            features, labels = cached[0].tensors
+            fit = fit_linear_head(features, labels, net.model.num_classes, n_views=len(frozen_views),
+                                  class_weight=None if weight is None else weight.cpu(), seed=config.seed)
+            classifier = net.model.get_classifier()
+            with torch.no_grad():
+                classifier.weight.copy_(fit.weight.to(classifier.weight))
+                classifier.bias.copy_(fit.bias.to(classifier.bias))
+            train_probabilities, train_labels = _predict_cached(net, cached[0])
+            probabilities, val_labels = _predict_cached(net, cached[1])
+            record = {
+                "epoch": state.epoch + 1, "stage": stage.name,
+                "train_loss": _log_loss(train_probabilities, train_labels),
+                "train_accuracy": float((train_probabilities.argmax(1) == train_labels).mean()),
+                **_val_scores(probabilities, val_labels), "lr": 0.0, "l2": fit.l2,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            state.epoch_in_stage = stage.epochs - 1  # the stage is complete after this one step
+            optimizer = None
+            _end_epoch(record)
+            continue
+
         # A new DDP wrapper per stage: DDP only synchronises parameters that require grad when it is built.
         module = fabric.setup_module(net)
         optimizer = fabric.setup_optimizers(torch.optim.AdamW(parameter_groups(net, stage,
@@ -269,60 +409,17 @@ def train_classifier(
                     seen += len(labels)
                     bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
             loss_sum, correct, seen = (fabric.all_reduce(t, reduce_op="sum") for t in (loss_sum, correct, seen))
-
             # Every rank scores the whole validation set on the unwrapped model, so early-stopping
             # decisions agree across processes without communication.
             probabilities, val_labels = predict_loader(net, val_loader, device=fabric.device,
                                                        channels_last=channels_last)
-            val_labels_t = torch.as_tensor(val_labels, dtype=torch.long)
-            log_probs = torch.log(torch.as_tensor(probabilities).clamp_min(1e-12))
-            val_loss = float(nn.functional.nll_loss(log_probs, val_labels_t))
-            val_accuracy = float((probabilities.argmax(1) == val_labels).mean())
             record = {
                 "epoch": state.epoch + 1, "stage": stage.name,
                 "train_loss": float(loss_sum / seen), "train_accuracy": float(correct / seen),
-                "val_loss": val_loss, "val_accuracy": val_accuracy,
+                **_val_scores(probabilities, val_labels),
                 "lr": stage.lr * factor, "seconds": round(time.perf_counter() - started, 2),
             }
-            state.history.append(record)
-            state.epoch += 1
-            state.epoch_in_stage += 1
-
-            score = record[config.monitor]
-            improved = state.best_score is None or (score < state.best_score if direction == "min"
-                                                    else score > state.best_score)
-            if improved:
-                state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
-                if run_dir is None:
-                    best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                else:
-                    best_file = f"best-epoch-{state.epoch:04d}.safetensors"
-                    if fabric.is_global_zero:
-                        atomic_save_tensors(run_dir / "checkpoints" / best_file, net.state_dict())
-            elif state.stage_index == len(stages) - 1:
-                # Patience counts only in the last stage: a frozen warm-up stage is never cut short.
-                state.bad_epochs += 1
-            if show:
-                console.print(
-                    f"epoch {record['epoch']:>3} [{stage.name:>4}]  train loss {record['train_loss']:.4f}"
-                    f" acc {record['train_accuracy']:.3f} | val loss {val_loss:.4f} acc {val_accuracy:.3f}"
-                    f"  {record['seconds']:.1f}s" + ("  *" if improved else ""), markup=False, highlight=False
-                )
-            if config.patience is not None and state.bad_epochs >= config.patience:
-                state.stopped_early = True
-                state.finished = True
-            if state.epoch_in_stage >= stage.epochs and not state.finished:
-                state.stage_index += 1
-                state.epoch_in_stage = 0
-                state.finished = state.stage_index >= len(stages)
-            if state.stage_index >= len(stages):
-                state.finished = True
-            if run_dir is not None and fabric.is_global_zero:
-                _save_checkpoint(run_dir, net, optimizer, state, best_file)
-            fabric.barrier()
-            if after_epoch is not None:
-                after_epoch(state)
-            if state.finished or state.epoch_in_stage == 0:
+            if _end_epoch(record):
                 break
 
     # Restore the best epoch. With checkpoints, every rank reads rank 0's file (after the barrier above).

@@ -26,8 +26,9 @@ _INTERPOLATION = {
 TRAIN_CROP_SCALE = (0.35, 1.0)
 
 
-def build_transform(preprocessing: Preprocessing, *, train: bool) -> T.Compose:
-    """The transform for training (random resized crop + horizontal flip) or evaluation (resize + centre crop).
+def build_transform(preprocessing: Preprocessing, *, train: bool, flip: bool = False) -> T.Compose:
+    """The transform for training (random resized crop + horizontal flip) or evaluation (resize + centre crop;
+    ``flip`` mirrors it, the second view cached for frozen-feature training).
 
     >>> from headstart.backbones import get_backbone_spec
     >>> build_transform(get_backbone_spec("efficientnet_lite0").preprocessing(), train=False).transforms[1]
@@ -42,7 +43,8 @@ def build_transform(preprocessing: Preprocessing, *, train: bool) -> T.Compose:
              T.RandomHorizontalFlip(), *normalize]
         )
     resize = int(round(size / preprocessing.crop_pct))
-    return T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(size), *normalize])
+    mirror = [T.RandomHorizontalFlip(p=1.0)] if flip else []
+    return T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(size), *mirror, *normalize])
 
 
 class ImageDataset(Dataset):

@@ -1,0 +1,55 @@
+"""Shared helpers for the benchmark scripts: a measured linear-probe baseline and result printing."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from headstart.evaluate import classification_metrics
+from headstart.features import extract_features
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def linear_probe_baseline(train_paths: list[Path], train_labels: list[int], eval_paths: list[Path],
+                          eval_labels: list[int], classes: list[str], *, class_weight: str | None = None) -> dict[str, Any]:
+    """Frozen EfficientNet-Lite0 features (224 px, eval transform) + scikit-learn logistic regression."""
+    started = time.perf_counter()
+    train = extract_features("efficientnet_lite0", train_paths)
+    evaluation = extract_features("efficientnet_lite0", eval_paths)
+    head = LogisticRegression(max_iter=5000, class_weight=class_weight).fit(train, train_labels)
+    metrics = classification_metrics(eval_labels, head.predict_proba(evaluation), classes)
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    return metrics
+
+
+def show(label: str, metrics: dict[str, Any]) -> str:
+    acc, f1 = metrics["accuracy"], metrics["macro_f1"]
+    return (f"{label:<44} accuracy {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]"
+            f"  macro-F1 {f1['value']:.3f} [{f1['ci95'][0]:.3f}, {f1['ci95'][1]:.3f}]"
+            f"  errors {round((1 - acc['value']) * metrics['n_samples'])}/{metrics['n_samples']}")
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def write_results(path: Path | None, results: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {path}")
+
+
+def errors(metrics: dict[str, Any]) -> int:
+    return int(round((1 - metrics["accuracy"]["value"]) * metrics["n_samples"]))
+
+
+__all__ = ["SHARED", "linear_probe_baseline", "show", "machine", "write_results", "errors", "np"]
