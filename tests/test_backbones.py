@@ -134,3 +134,16 @@ def test_packaged_lite0_classifies_imagenet_photos(shared_data: Path) -> None:
     labels = np.asarray(splits.val.labels)  # 0 = ants, 1 = bees
     top1 = np.mean(np.where(labels == 0, predicted == 310, predicted == 309))
     assert top1 >= 0.8, top1
+
+
+def test_packaged_lite0_recognises_the_bundled_sample() -> None:
+    """Runs on any clone: the sample's photos are ImageNet ants (310) and bees (309)."""
+    from conftest import SAMPLE
+    from headstart.inference import predict_files
+
+    model, source = create_backbone("efficientnet_lite0", 1000)
+    assert source.kind == "package"
+    files = sorted((SAMPLE / "val").rglob("*.jpg")) + sorted((SAMPLE / "test").rglob("*.jpg"))
+    predicted = predict_files(model, get_backbone_spec("efficientnet_lite0").preprocessing(), files).argmax(1)
+    expected = np.array([310 if f.parent.name == "ants" else 309 for f in files])
+    assert np.mean(predicted == expected) >= 0.75

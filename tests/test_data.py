@@ -55,6 +55,12 @@ def test_bad_files_are_skipped_counted_and_listed(image_folder: Path) -> None:
     (ants / "notes.jpg").write_text("this is not an image, just text named .jpg")
     (ants / "readme.txt").write_text("a stray text file")
     Image.new("L", (30000, 30000)).save(bees / "bomb.png")  # 900 Mpx, a few hundred KB on disk
+    # odd but valid formats, made from a real photo: used, not skipped
+    picture = Image.open(photo).convert("RGB")
+    picture.convert("P").save(bees / "palette.gif")
+    picture.convert("CMYK").save(bees / "cmyk.jpg")
+    picture.convert("RGBA").save(bees / "alpha.png")
+    Image.fromarray((np.asarray(picture.convert("L"), dtype=np.uint16) * 257)).save(bees / "deep16.png")
     (bees / "a name with spaces ü é 日本.jpg").write_bytes(raw)
     checkpoints = image_folder / "bees" / ".ipynb_checkpoints"
     checkpoints.mkdir()
@@ -72,7 +78,8 @@ def test_bad_files_are_skipped_counted_and_listed(image_folder: Path) -> None:
     assert "bomb" in reasons["bomb.png"]
     assert any(p.name.startswith("a name with spaces") for p in samples.paths)
     assert not any(".ipynb_checkpoints" in str(p) for p in samples.paths)
-    assert samples.class_counts() == {"ants": 16, "bees": 17}
+    assert {"palette.gif", "cmyk.jpg", "alpha.png", "deep16.png"} <= {p.name for p in samples.paths}
+    assert samples.class_counts() == {"ants": 16, "bees": 21}
 
 
 def test_empty_class_is_an_error_before_training(image_folder: Path) -> None:
@@ -139,3 +146,24 @@ def test_decode_error_names_the_file(tmp_path: Path) -> None:
 def test_missing_data_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         load_image_dataset(tmp_path / "nope")
+
+
+def test_training_on_a_messy_folder_reports_skips(image_folder: Path, tmp_path: Path) -> None:
+    """A run over a folder with bad files trains, and lists every skipped file in data.json and summary.txt."""
+    import json
+
+    from headstart import ImageClassifier
+
+    from conftest import tiny_params
+
+    raw = _a_photo(image_folder / "ants").read_bytes()
+    (image_folder / "ants" / "truncated.jpg").write_bytes(raw[: len(raw) // 3])
+    (image_folder / "bees" / "empty.png").write_bytes(b"")
+    (image_folder / "bees" / "ünïcode name.jpg").write_bytes(raw)
+    run = tmp_path / "run"
+    ImageClassifier(**tiny_params(epochs=1)).fit(image_folder, out=run)
+    data = json.loads((run / "data.json").read_text())
+    assert data["skipped_count"] == 2
+    assert {Path(s["path"]).name for s in data["skipped"]} == {"truncated.jpg", "empty.png"}
+    assert "truncated.jpg" in (run / "summary.txt").read_text()
+    assert data["train"]["bees"] + data["val"]["bees"] == 17

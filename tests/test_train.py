@@ -141,3 +141,10 @@ def test_two_process_data_parallel_training_on_cpu(tmp_path: Path, sample_dir: P
     assert json.loads((run / "metrics.json").read_text())["processes"] == 2
     classifier = ImageClassifier.load(run / "model")
     assert classifier.predict_proba(sorted((sample_dir / "test").rglob("*.jpg"))).shape == (12, 2)
+
+
+def test_mixed_precision_option_trains_on_cpu(sample_dir: Path) -> None:
+    """precision is passed to Lightning Fabric; bf16 autocast also runs on a CPU."""
+    classifier = ImageClassifier(**tiny_params(epochs=1, precision="bf16-mixed", accelerator="cpu")).fit(sample_dir)
+    assert classifier.train_config_["precision"] == "bf16-mixed"
+    assert classifier.predict_proba(sorted((sample_dir / "test").rglob("*.jpg"))).shape == (12, 2)
