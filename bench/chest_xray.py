@@ -57,7 +57,7 @@ def main() -> None:
         classifier.fit(args.data / "train", out=args.out / f"class_weights_{class_weights}")
         metrics = classifier.evaluate(args.data / "test", out=args.out / f"class_weights_{class_weights}" / "test")
         seconds = time.perf_counter() - started
-        name = f"headstart {args.strategy} {args.epochs} ep, class weights {'on' if class_weights else 'off'}"
+        name = f"headstart {classifier.strategy_} ({len(classifier.history_)} ep), class weights {'on' if class_weights else 'off'}"
         metrics["wall_seconds"] = round(seconds, 1)
         results[name] = metrics
         recall = {c: round(v["recall"]["value"], 3) for c, v in metrics["per_class"].items()}

@@ -137,13 +137,20 @@ def test_packaged_lite0_classifies_imagenet_photos(shared_data: Path) -> None:
 
 
 def test_packaged_lite0_recognises_the_bundled_sample() -> None:
-    """Runs on any clone: the sample's photos are ImageNet ants (310) and bees (309)."""
+    """Runs on any clone: the sample's 56 photos are ImageNet ants (310) and bees (309).
+
+    Measured when written: top-1 0.70 and mean probability of the right class 0.45 with the correct
+    conversion; 0.64 / 0.38 with timm's non-TF-padding efficientnet_lite0; 0.39 / 0.26 with ImageNet mean/std.
+    The decisive check on 153 photos is test_packaged_lite0_classifies_imagenet_photos.
+    """
     from conftest import SAMPLE
     from headstart.inference import predict_files
 
     model, source = create_backbone("efficientnet_lite0", 1000)
     assert source.kind == "package"
-    files = sorted((SAMPLE / "val").rglob("*.jpg")) + sorted((SAMPLE / "test").rglob("*.jpg"))
-    predicted = predict_files(model, get_backbone_spec("efficientnet_lite0").preprocessing(), files).argmax(1)
-    expected = np.array([310 if f.parent.name == "ants" else 309 for f in files])
-    assert np.mean(predicted == expected) >= 0.75
+    files = sorted(SAMPLE.rglob("*.jpg"))
+    assert len(files) == 56
+    probabilities = predict_files(model, get_backbone_spec("efficientnet_lite0").preprocessing(), files)
+    correct = np.array([310 if f.parent.name == "ants" else 309 for f in files])
+    assert np.mean(probabilities.argmax(1) == correct) >= 0.66
+    assert np.mean(probabilities[np.arange(len(files)), correct]) >= 0.42

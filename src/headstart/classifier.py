@@ -231,7 +231,11 @@ class ImageClassifier:
         if epochs is None:
             epochs = default_epochs(strategy, n_train)
         if strategy == "linear_probe":
-            console.print("Linear probe: the head is solved on cached frozen features (epochs do not apply).")
+            # fit() always caches frozen features, so the head is solved in one step (see train.py)
+            if self.epochs is not None and self.epochs != 1:
+                console.print(f"Note: epochs={self.epochs} is ignored: the linear head is solved on cached features.")
+            epochs = 1
+            console.print("Linear probe: the head is solved on cached frozen features.")
         else:
             console.print(f"Epochs: {epochs}" + (" unfrozen, after one frozen head stage." if strategy == "fine_tune" else "."))
         stages = plan_stages(strategy, epochs, lr=self.lr)
@@ -301,8 +305,11 @@ class ImageClassifier:
         self.metrics_ = classification_metrics(splits.val.labels, probabilities, self.classes_, seed=self.seed)
         self.metrics_["split"] = "validation"
         self.metrics_["model_selection"] = (
-            f"best epoch ({state.best_epoch}) chosen by {config.monitor} on this validation data; "
-            "for an unbiased estimate evaluate on a separate test set"
+            f"best epoch ({state.best_epoch} of {len(state.history)}) chosen by {config.monitor} on this validation"
+            " data; for an unbiased estimate evaluate on a separate test set"
+            if len(state.history) > 1 else
+            "none on this validation data (one epoch; a solved head's penalty is chosen by cross-validation on"
+            " the training images)"
         )
         self.fit_seconds_ = round(time.perf_counter() - started, 1)
         if run_dir is not None and self.is_main_process_:

@@ -264,15 +264,14 @@ def train_classifier(
     saved_optimizer: dict[str, Any] | None = None
     best_file: str | None = None
     best_weights: dict[str, torch.Tensor] | None = None  # kept in memory when there is no run folder
-    if resume:
-        if run_dir is None:
-            raise ResumeError("Cannot resume without a run folder.", fix="Pass the run folder (out=RUN_DIR).")
-        checkpoint = latest_checkpoint(run_dir)
+    if resume and run_dir is None:
+        raise ResumeError("Cannot resume without a run folder.", fix="Pass the run folder (out=RUN_DIR).")
+    checkpoint = latest_checkpoint(run_dir) if resume and run_dir is not None else None
     if resume and checkpoint is None:
         # Killed before the first epoch ended: starting over is exactly what an uninterrupted run did.
         if fabric.is_global_zero:
             console.print(f"No checkpoint in {run_dir}/checkpoints yet: starting the run from the beginning.")
-    elif resume and checkpoint is not None:
+    elif checkpoint is not None:
         saved = read_json(checkpoint / "state.json")
         state = TrainState(**saved["train_state"])
         best_file = saved.get("best_file")
