@@ -338,7 +338,7 @@ class ImageClassifier:
                    "fit_seconds": self.fit_seconds_, "processes": self.processes_, "skipped_count": len(skipped)}
         atomic_write_json(run_dir / "metrics.json", metrics)
         atomic_write_json(run_dir / "history.json", self.history_)
-        plot_training_curves(self.history_, run_dir / "curves.png")
+        plot_training_curves(self.history_, run_dir / "curves.png", best_epoch=self.best_epoch_)
         plot_confusion_matrix(self.metrics_["confusion_matrix"], self.classes_, run_dir / "confusion_matrix.png",
                               title="Confusion matrix (validation)")
         summary = (
@@ -384,6 +384,7 @@ class ImageClassifier:
         samples, skipped = scan_image_folder(data, classes=self.classes_, role="evaluation",
                                              max_pixels=self.max_image_pixels, require_all_classes=False)
         console = Console(quiet=not self.progress)
+        console.print(f"[bold]Evaluation[/bold] on {data} ({len(samples)} images)", highlight=False)
         _print_skipped(console, skipped)
         probabilities = self.predict_proba(samples.paths)
         metrics = classification_metrics(samples.labels, probabilities, self.classes_, n_bootstrap=n_bootstrap,

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = ["plot_training_curves", "plot_confusion_matrix"]
 
@@ -25,8 +26,9 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
-def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Loss and accuracy per epoch, train vs validation, with stage boundaries marked (Keras-style)."""
+def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
+                         best_epoch: int | None = None) -> Path:
+    """Loss and accuracy per epoch, train vs validation, with stage boundaries and the restored epoch marked."""
     epochs = [h["epoch"] for h in history]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
@@ -35,8 +37,11 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
         for previous, current in zip(history, history[1:]):
             if previous["stage"] != current["stage"]:
                 axis.axvline(previous["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)
-                axis.text(previous["epoch"] + 0.55, axis.get_ylim()[1], f"unfreeze", fontsize=8, va="top",
+                axis.text(previous["epoch"] + 0.55, axis.get_ylim()[1], "unfreeze", fontsize=8, va="top",
                           color="grey")
+        if best_epoch is not None:
+            axis.axvline(best_epoch, color="green", alpha=0.3, linewidth=6, label=f"restored epoch ({best_epoch})")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
