@@ -281,7 +281,7 @@ class ImageClassifier:
                 atomic_write_json(run_dir / "config.json", run_config)
             atomic_write_json(run_dir / "data.json", splits.summary())
 
-        state, fabric = train_classifier(
+        state, fabric, best_probabilities = train_classifier(
             net, train_set, val_set, stages, config, run_dir=run_dir, resume=resume,
             class_counts=list(splits.train.class_counts().values()), console=console, progress=self.progress,
             frozen_views=frozen_views,
@@ -301,7 +301,8 @@ class ImageClassifier:
         self.train_config_ = asdict(config)
         self.stages_ = [s.to_dict() for s in stages]
 
-        probabilities = self.predict_proba(splits.val.paths)
+        # The restored epoch's validation predictions are kept by the loop; recompute only after a resume.
+        probabilities = best_probabilities if best_probabilities is not None else self.predict_proba(splits.val.paths)
         self.metrics_ = classification_metrics(splits.val.labels, probabilities, self.classes_, seed=self.seed)
         self.metrics_["split"] = "validation"
         self.metrics_["model_selection"] = (

@@ -226,7 +226,7 @@ def train_classifier(
     progress: bool = True,
     after_epoch: Callable[[TrainState], None] | None = None,
     frozen_views: Sequence[ImageDataset] | None = None,
-) -> tuple[TrainState, Fabric]:
+) -> tuple[TrainState, Fabric, np.ndarray | None]:
     """Train ``net`` through ``stages``; restore the best epoch's weights at the end.
 
     Args:
@@ -244,7 +244,8 @@ def train_classifier(
             features: each epoch then costs almost nothing, instead of a full backbone pass.
 
     Returns:
-        The final state (history, best epoch) and the Fabric object (rank, device).
+        The final state (history, best epoch), the Fabric object (rank, device), and the validation
+        probabilities of the restored epoch (None when that epoch ran before a resume).
 
     Raises:
         ResumeError: ``resume`` without ``run_dir``. (A run folder without checkpoint starts from the beginning.)
@@ -264,6 +265,7 @@ def train_classifier(
     saved_optimizer: dict[str, Any] | None = None
     best_file: str | None = None
     best_weights: dict[str, torch.Tensor] | None = None  # kept in memory when there is no run folder
+    best_probabilities: np.ndarray | None = None
     if resume and run_dir is None:
         raise ResumeError("Cannot resume without a run folder.", fix="Pass the run folder (out=RUN_DIR).")
     checkpoint = latest_checkpoint(run_dir) if resume and run_dir is not None else None
@@ -293,9 +295,9 @@ def train_classifier(
 
     optimizer: Any = None
 
-    def _end_epoch(record: dict[str, Any]) -> bool:
+    def _end_epoch(record: dict[str, Any], probabilities: np.ndarray) -> bool:
         """Record an epoch, track the best one, checkpoint; return True when the current stage loop must end."""
-        nonlocal best_file, best_weights
+        nonlocal best_file, best_weights, best_probabilities
         stage = stages[state.stage_index]
         state.history.append(record)
         state.epoch += 1
@@ -305,6 +307,7 @@ def train_classifier(
                                                 else score > state.best_score)
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+            best_probabilities = probabilities
             if run_dir is None:
                 best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
             else:
@@ -368,7 +371,7 @@ def train_classifier(
             }
             state.epoch_in_stage = stage.epochs - 1  # the stage is complete after this one step
             optimizer = None
-            _end_epoch(record)
+            _end_epoch(record, probabilities)
             continue
 
         # A new DDP wrapper per stage: DDP only synchronises parameters that require grad when it is built.
@@ -422,7 +425,7 @@ def train_classifier(
                 **_val_scores(probabilities, val_labels),
                 "lr": stage.lr * factor, "seconds": round(time.perf_counter() - started, 2),
             }
-            if _end_epoch(record):
+            if _end_epoch(record, probabilities):
                 break
 
     # Restore the best epoch. With checkpoints, every rank reads rank 0's file (after the barrier above).
@@ -436,4 +439,4 @@ def train_classifier(
         console.print(f"Early stopping: no {config.monitor} improvement for {config.patience} epochs.")
     if show:
         console.print(f"Restored the best epoch ({state.best_epoch}, {config.monitor} {state.best_score:.4f}).")
-    return state, fabric
+    return state, fabric, best_probabilities
