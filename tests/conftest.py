@@ -47,3 +47,26 @@ def tiny_params(**overrides: object) -> dict[str, object]:
     )
     params.update(overrides)
     return params
+
+
+@pytest.fixture
+def empty_weight_caches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]:
+    """Point the Hugging Face hub cache and the torch hub dir at empty folders, so a test sees no cached weights.
+
+    Setting HF_HOME / TORCH_HOME is not enough once huggingface_hub is imported: its cache folder is read once into
+    ``huggingface_hub.constants.HF_HUB_CACHE`` (which ``try_to_load_from_cache`` reads at call time). Returns
+    ``(hf_hub_cache, torch_hub_dir)``.
+    """
+    import huggingface_hub.constants
+    import torch.hub
+
+    hf_cache = tmp_path / "empty-hf-cache" / "hub"
+    torch_dir = tmp_path / "empty-torch-hub"
+    hf_cache.mkdir(parents=True)
+    torch_dir.mkdir()
+    monkeypatch.setenv("HF_HOME", str(hf_cache.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
+    monkeypatch.setenv("TORCH_HOME", str(torch_dir))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_cache))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(torch_dir))
+    return hf_cache, torch_dir

@@ -48,13 +48,28 @@ def test_unknown_backbone_error_lists_choices() -> None:
     assert "resnet5O" in str(info.value) and info.value.fix
 
 
-def test_weights_not_found_lists_what_was_tried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+def test_weights_not_found_lists_what_was_tried(empty_weight_caches: tuple[Path, Path]) -> None:
+    hf_cache, torch_dir = empty_weight_caches
     with pytest.raises(WeightsNotFoundError) as info:
         resolve_weights(get_backbone_spec("vgg16"))
     message = str(info.value)
     assert "cache" in message and "HF_HUB_OFFLINE" in message and "--weights" in message
+    # the patched folders are the ones actually read: a checkpoint put there is found (so the test does not
+    # depend on what the machine's real caches hold)
+    vgg = get_backbone_spec("vgg16")
+    repo = hf_cache / ("models--" + timm.models.get_pretrained_cfg(vgg.timm_id).hf_hub_id.replace("/", "--"))
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123" / "model.safetensors").write_bytes(b"not read here")
+    assert resolve_weights(vgg).kind == "cache"
+    resnet = get_backbone_spec("resnet50")  # has a torch-hub url besides its hub id
+    with pytest.raises(WeightsNotFoundError):
+        resolve_weights(resnet)
+    (torch_dir / "checkpoints").mkdir()
+    (torch_dir / "checkpoints" / Path(timm.models.get_pretrained_cfg(resnet.timm_id).url).name).write_bytes(b"x")
+    source = resolve_weights(resnet)
+    assert source.kind == "cache" and source.path is not None and source.path.parent == torch_dir / "checkpoints"
 
 
 def test_random_only_when_asked() -> None:

@@ -34,6 +34,8 @@ def test_train_refuses_to_overwrite_a_run(trained_run: Path, sample_dir: Path) -
     result = runner.invoke(app, ["train", str(sample_dir), "--out", str(trained_run), *TINY])
     assert result.exit_code == 2
     assert "already holds a run" in result.output and "--resume" in result.output
+    # CliRunner catches exceptions into result.exception (they never reach result.output): only a clean exit is ok
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
 
 
@@ -59,7 +61,9 @@ def test_predict_files_and_folders_with_top_k(trained_run: Path, sample_dir: Pat
     assert "broken.jpg" in result.output  # listed as skipped
 
 
-def test_errors_are_messages_not_tracebacks(tmp_path: Path, sample_dir: Path) -> None:
+def test_errors_are_messages_not_tracebacks(
+    tmp_path: Path, sample_dir: Path, empty_weight_caches: tuple[Path, Path]
+) -> None:
     cases = [
         ["train", str(tmp_path / "missing"), *TINY],
         ["train", str(sample_dir), "--strategy", "finetune", "--out", str(tmp_path / "x"), *TINY],
@@ -71,10 +75,12 @@ def test_errors_are_messages_not_tracebacks(tmp_path: Path, sample_dir: Path) ->
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "Error:" in result.output and "Fix:" in result.output, result.output
+        # CliRunner catches exceptions into result.exception (they never reach result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (args, repr(result.exception))
         assert "Traceback" not in result.output
 
 
-def test_backbones_lists_every_family_and_availability() -> None:
+def test_backbones_lists_every_family_and_availability(empty_weight_caches: tuple[Path, Path]) -> None:
     result = runner.invoke(app, ["backbones"])
     assert result.exit_code == 0, result.output
     for name in ("efficientnet_lite0", "vgg16", "resnet50", "mobilenetv3_large", "densenet121", "inception_v3",

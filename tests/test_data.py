@@ -24,10 +24,14 @@ def test_rgb_conversion_of_every_mode(tmp_path: Path, image_folder: Path) -> Non
         "palette.png": photo.convert("P"),
         "cmyk.jpg": photo.convert("CMYK"),
         "rgba.png": photo.convert("RGBA"),
-        "animated.gif": photo.convert("P"),
     }
     for name, image in cases.items():
         image.save(tmp_path / name)
+    # a real 2-frame animated GIF (palette mode); the first frame is the one to load
+    frames = [photo.convert("P"), photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).convert("P")]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with Image.open(tmp_path / "animated.gif") as gif:
+        assert gif.n_frames == 2 and gif.is_animated
     # 16-bit grayscale PNG with the full 16-bit range
     deep = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
     Image.fromarray(deep).save(tmp_path / "deep16.png")

@@ -17,6 +17,7 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from headstart.backbones.registry import Preprocessing
@@ -65,7 +66,8 @@ def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str
     """
     missing = [key for key in ("architecture", "classes", "preprocessing") if key not in config]
     if missing:
-        raise BundleError(f"Cannot save a bundle without {missing} in its config.")
+        raise BundleError(f"Cannot save a bundle without {missing} in its config.",
+                          fix="Pass a config with architecture, classes and preprocessing.")
     full = {
         "format": "headstart-bundle",
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -102,11 +104,13 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
             f" headstart reads headstart-bundle up to version {BUNDLE_FORMAT_VERSION}.",
             fix="Upgrade headstart, or re-save the model with this version.",
         )
-    model = timm.create_model(config["architecture"], pretrained=False, num_classes=len(config["classes"]),
-                              **config.get("model_kwargs", {}))
+    missing = [key for key in ("architecture", "classes", "preprocessing", "backbone") if key not in config]
+    if missing:
+        raise BundleError(f"{config_file} lacks {missing}.", fix="Re-save the model; the config is incomplete.")
     try:
+        model = timm.create_model(config["architecture"], pretrained=False, num_classes=len(config["classes"]))
         model.load_state_dict(load_tensors(weights_file))
-    except (RuntimeError, OSError) as error:
+    except (RuntimeError, OSError, SafetensorError) as error:
         raise BundleError(
             f"{weights_file} does not match a {config['architecture']} with {len(config['classes'])} classes:"
             f" {str(error).splitlines()[0][:300]}",

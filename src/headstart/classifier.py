@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -28,14 +30,14 @@ from headstart.data.images import (
     SkippedFile,
     scan_image_folder,
 )
-from headstart.errors import NotFittedError, ParameterError, check_choice
+from headstart.errors import DataError, NotFittedError, ParameterError, check_choice
 from headstart.evaluate import classification_metrics, format_summary
 from headstart.inference import predict_files
 from headstart.plots import plot_confusion_matrix, plot_training_curves
 from headstart.storage import atomic_write_json, atomic_write_text
 from headstart.strategies import STRATEGIES
 
-__all__ = ["ImageClassifier"]
+__all__ = ["ImageClassifier", "frozen_feature_size", "print_skipped"]
 
 
 def frozen_feature_size(pretrained_size: int) -> int:
@@ -243,7 +245,14 @@ class ImageClassifier:
         spec = get_backbone_spec(self.backbone)
         preprocessing = spec.preprocessing()
         image_size = self.image_size
-        if image_size is None and strategy == "linear_probe" and self.weights != "random":
+        fixed_size = bool(getattr(timm.models.get_pretrained_cfg(spec.timm_id), "fixed_input_size", False))
+        if fixed_size and image_size not in (None, preprocessing.input_size):
+            raise ParameterError(
+                f"Backbone {spec.name!r} ({spec.timm_id}) only accepts {preprocessing.input_size}px inputs."
+                f" Got image_size={image_size}.",
+                fix="Leave image_size unset for this backbone, or choose a convolutional backbone.",
+            )
+        if image_size is None and strategy == "linear_probe" and self.weights != "random" and not fixed_size:
             image_size = frozen_feature_size(preprocessing.input_size)
             if image_size != preprocessing.input_size:
                 console.print(f"Input {image_size}px for frozen features ({preprocessing.input_size}px x ~1.29, FixRes;"
@@ -278,6 +287,8 @@ class ImageClassifier:
         if run_dir is not None and is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
+                # A fresh run must never be resumed from an older run's checkpoints left in the same folder.
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
                 atomic_write_json(run_dir / "config.json", run_config)
             atomic_write_json(run_dir / "data.json", splits.summary())
 
@@ -331,7 +342,7 @@ class ImageClassifier:
                 row.append(str(splits.test.class_counts()[name]))
             table.add_row(*row)
         console.print(table)
-        _print_skipped(console, splits.skipped)
+        print_skipped(console, splits.skipped)
 
     def _write_run(self, run_dir: Path, skipped: list[SkippedFile], console: Console) -> None:
         model_dir = self.save(run_dir / "model")
@@ -384,9 +395,15 @@ class ImageClassifier:
         self._check_fitted("evaluate")
         samples, skipped = scan_image_folder(data, classes=self.classes_, role="evaluation",
                                              max_pixels=self.max_image_pixels, require_all_classes=False)
+        if len(samples) == 0:
+            raise DataError(
+                f"The evaluation folder {data} has no images in class subfolders named like the model's classes"
+                f" {self.classes_}.",
+                fix="Arrange labelled images as DATA/<class name>/<image>; use `predict` for unlabelled images.",
+            )
         console = Console(quiet=not self.progress)
         console.print(f"[bold]Evaluation[/bold] on {data} ({len(samples)} images)", highlight=False)
-        _print_skipped(console, skipped)
+        print_skipped(console, skipped)
         probabilities = self.predict_proba(samples.paths)
         metrics = classification_metrics(samples.labels, probabilities, self.classes_, n_bootstrap=n_bootstrap,
                                          seed=self.seed)
@@ -460,7 +477,8 @@ class ImageClassifier:
         return classifier
 
 
-def _print_skipped(console: Console, skipped: list[SkippedFile]) -> None:
+def print_skipped(console: Console, skipped: list[SkippedFile]) -> None:
+    """Print the skipped files (the first 20) and their reasons."""
     if not skipped:
         return
     console.print(f"[yellow]Skipped {len(skipped)} file(s) that cannot be used:[/yellow]")

@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from headstart.errors import HeadstartError, ParameterError
+from headstart.backbones import DEFAULT_BACKBONE
+from headstart.errors import HeadstartError, ParameterError, ResumeError
 
 __all__ = ["app", "main"]
 
@@ -23,6 +24,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Transfer learning from pretrained models: train, evaluate, predict.")
 console = Console()
 error_console = Console(stderr=True)
+
+
+RUN_FILES = ("checkpoints", "model", "config.json", "data.json", "metrics.json", "history.json", "curves.png",
+             "confusion_matrix.png", "summary.txt")
 
 
 def _fail(error: HeadstartError) -> None:
@@ -37,7 +42,7 @@ def train(
     data: Annotated[Optional[Path], typer.Argument(help="Image folder: one subfolder per class, or train/ + val/.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<data folder name>).")] = None,
     val: Annotated[Optional[Path], typer.Option(help="Validation folder (default: DATA/val or a stratified hold-out).")] = None,
-    backbone: Annotated[str, typer.Option(help="Backbone name (see `headstart backbones`) or timm:<model>.")] = "efficientnet_lite0",
+    backbone: Annotated[str, typer.Option(help="Backbone name (see `headstart backbones`) or timm:<model>.")] = DEFAULT_BACKBONE,
     strategy: Annotated[str, typer.Option(help="auto, linear_probe, fine_tune or full.")] = "auto",
     epochs: Annotated[Optional[int], typer.Option(help="Total epochs (default: chosen from the dataset size).")] = None,
     weights: Annotated[str, typer.Option(help="auto, random, or a local checkpoint FILE.")] = "auto",
@@ -67,9 +72,17 @@ def train(
             if not config_file.is_file():
                 raise ParameterError(f"--resume {resume}: no config.json there, so it is not a headstart run folder.",
                                      fix="Pass the --out folder of an earlier `headstart train`.")
-            saved = read_json(config_file)
-            classifier = ImageClassifier(**{**saved["params"], "progress": not quiet})
-            classifier.fit(saved["data"], val=saved["val"], out=resume, resume=True)
+            if data is not None:
+                raise ParameterError(f"--resume {resume} reuses the run's own data; got DATA {data} as well.",
+                                     fix=f"Run `headstart train --resume {resume}` without DATA or other options.")
+            try:
+                saved = read_json(config_file)
+                params, saved_data, saved_val = saved["params"], saved["data"], saved["val"]
+            except (ValueError, KeyError, TypeError) as error:
+                raise ResumeError(f"{config_file} is damaged or not from headstart train ({error!r}).",
+                                  fix="Start a new run; this folder cannot be resumed.") from None
+            classifier = ImageClassifier(**{**params, "progress": not quiet})
+            classifier.fit(saved_data, val=saved_val, out=resume, resume=True)
             return
         if data is None:
             raise ParameterError("`headstart train` needs DATA (an image folder) unless --resume RUN_DIR is given.",
@@ -80,8 +93,14 @@ def train(
         if (out / "config.json").exists() and not overwrite and not worker:
             raise ParameterError(f"--out {out} already holds a run.",
                                  fix=f"Use --resume {out} to continue it, --overwrite to replace it, or another --out.")
-        if overwrite and not worker and (out / "checkpoints").exists():
-            shutil.rmtree(out / "checkpoints")
+        if overwrite and not worker:
+            # Remove what an earlier run wrote (and nothing else the user may keep in that folder).
+            for name in RUN_FILES:
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
         classifier = ImageClassifier(
             backbone, strategy=strategy, epochs=epochs, weights=weights, lr=lr, batch_size=batch_size,
             image_size=image_size, patience=patience or None, monitor=monitor, class_weights=class_weights,
@@ -119,7 +138,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Predict the top-k labels of images (folders are searched recursively; unreadable files are listed)."""
-    from headstart.classifier import ImageClassifier, _print_skipped
+    from headstart.classifier import ImageClassifier, print_skipped
     from headstart.data.images import ImageDecodeError, SkippedFile, list_image_files, load_image
 
     try:
@@ -144,7 +163,7 @@ def predict(
                 usable.append(file)
             except ImageDecodeError as error:
                 skipped.append(SkippedFile(str(file), error.reason))
-        _print_skipped(error_console, skipped)
+        print_skipped(error_console, skipped)
         probabilities = classifier.predict_proba(usable)
         k = min(top_k, len(classifier.classes_))
         table = Table("image", *[f"#{i + 1}" for i in range(k)], show_edge=False)

@@ -30,9 +30,10 @@ class LinearHeadFit:
     bias: torch.Tensor
     l2: float
     cv: list[dict[str, float]] = field(default_factory=list)
+    folds: int = 0
 
     def summary(self) -> dict[str, Any]:
-        return {"l2": self.l2, "selection": "5-fold CV log loss, one-standard-error rule", "cv": self.cv}
+        return {"l2": self.l2, "selection": f"{self.folds}-fold CV log loss, one-standard-error rule", "cv": self.cv}
 
 
 def _solve(features: torch.Tensor, labels: torch.Tensor, n_classes: int, l2: float,
@@ -117,4 +118,4 @@ def fit_linear_head(
     else:
         chosen = grid[len(grid) // 2]
     weight, bias = _solve(features, labels, n_classes, chosen, class_weight)
-    return LinearHeadFit(weight=weight.float(), bias=bias.float(), l2=chosen, cv=table)
+    return LinearHeadFit(weight=weight.float(), bias=bias.float(), l2=chosen, cv=table, folds=folds_used if table else 0)

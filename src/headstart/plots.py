@@ -7,22 +7,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: figures never touch the user's backend or need a display
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from headstart.storage import atomic_replace, temporary_sibling
 
 __all__ = ["plot_training_curves", "plot_confusion_matrix"]
 
 
-def _save(figure: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(temporary, path)
+def _save(figure: Figure, path: Path) -> Path:
+    temporary = temporary_sibling(path)
+    try:
+        figure.savefig(temporary, dpi=120, bbox_inches="tight", format="png")
+        atomic_replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -30,7 +30,8 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
                          best_epoch: int | None = None) -> Path:
     """Loss and accuracy per epoch, train vs validation, with stage boundaries and the restored epoch marked."""
     epochs = [h["epoch"] for h in history]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    axes = figure.subplots(1, 2)
     for axis, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
         axis.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
         axis.plot(epochs, [h[f"val_{metric}"] for h in history], "o-", label="validation")
@@ -56,7 +57,8 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     k = len(classes)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = max(4.0, 0.6 * k + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
+    figure = Figure(figsize=(size + 1, size))
+    axis = figure.subplots()
     image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axis, fraction=0.046, label="share of true class")
     axis.set_xticks(range(k), classes, rotation=45, ha="right")

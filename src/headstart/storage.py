@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = [
+    "atomic_replace",
+    "temporary_sibling",
     "atomic_write_text",
     "atomic_write_json",
     "atomic_save_tensors",
@@ -29,25 +31,32 @@ __all__ = [
 ]
 
 
-def _temporary_sibling(path: Path) -> Path:
+def temporary_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     return Path(name)
 
 
-def _replace(temporary: Path, path: Path) -> None:
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def atomic_replace(temporary: Path, path: Path) -> None:
     with open(temporary, "rb") as handle:
         os.fsync(handle.fileno())
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600 files: give saved files the usual mode
     os.replace(temporary, path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     path = Path(path)
-    temporary = _temporary_sibling(path)
+    temporary = temporary_sibling(path)
     try:
         temporary.write_text(text, encoding="utf-8")
-        _replace(temporary, path)
+        atomic_replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
@@ -65,11 +74,11 @@ def atomic_save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.T
                         metadata: dict[str, str] | None = None) -> Path:
     """Save tensors as safetensors (contiguous CPU copies; shared storage is broken apart)."""
     path = Path(path)
-    temporary = _temporary_sibling(path)
+    temporary = temporary_sibling(path)
     try:
         save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(temporary),
                   metadata=metadata)
-        _replace(temporary, path)
+        atomic_replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
@@ -89,6 +98,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
     try:
         yield temporary
         old = None

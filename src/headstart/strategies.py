@@ -78,10 +78,10 @@ def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, head_epo
     """
     check_choice("ImageClassifier", "strategy", strategy, STRATEGIES)
     if epochs < 1 or head_epochs < 1:
+        name, value = ("epochs", epochs) if epochs < 1 else ("head_epochs", head_epochs)
         raise ParameterError(
-            f"The 'epochs' parameter must be at least 1 for strategy {strategy!r}. Got {epochs}"
-            + (f" (head_epochs {head_epochs})" if head_epochs < 1 else "") + ".",
-            fix="Pass a positive --epochs, or leave it unset to let headstart choose.",
+            f"The '{name}' parameter must be at least 1 for strategy {strategy!r}. Got {value}.",
+            fix=f"Pass a positive {name}, or leave it unset to let headstart choose.",
         )
     if strategy == "linear_probe":
         return [Stage("head", epochs, freeze_backbone=True, lr=lr or 3e-3)]

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Tens
 
 from headstart.data.transforms import ImageDataset
 from headstart.errors import ParameterError, ResumeError, check_choice
-from headstart.inference import predict_loader
+from headstart.inference import auto_num_workers, predict_loader
 from headstart.storage import (
     atomic_directory,
     atomic_save_tensors,
@@ -43,6 +43,7 @@ from headstart.strategies import ClassifierNet, Stage, parameter_groups
 __all__ = ["TrainConfig", "TrainState", "lr_factor", "train_classifier", "latest_checkpoint"]
 
 MONITORS = {"val_loss": "min", "val_accuracy": "max"}
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")  # *-true half precision would also cast the eval path
 
 
 @dataclass
@@ -63,7 +64,15 @@ class TrainConfig:
     precision: str = "32-true"
 
     def validate(self) -> None:
-        check_choice("TrainConfig", "monitor", self.monitor, tuple(MONITORS))
+        check_choice("ImageClassifier", "monitor", self.monitor, tuple(MONITORS))
+        check_choice("ImageClassifier", "precision", self.precision, PRECISIONS)
+        check_choice("ImageClassifier", "accelerator", self.accelerator, ("auto", "cpu", "cuda", "gpu", "mps"))
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ParameterError(f"The 'num_workers' parameter must be >= 0 or None. Got {self.num_workers}.",
+                                 fix="Pass --num-workers 0 or more, or leave it unset.")
+        if self.seed < 0:
+            raise ParameterError(f"The 'seed' parameter must be a non-negative integer. Got {self.seed}.",
+                                 fix="Pass --seed 0 or another non-negative integer.")
         if self.batch_size < 1:
             raise ParameterError(f"The 'batch_size' parameter must be >= 1. Got {self.batch_size}.", fix="Pass --batch-size 1 or more.")
         if self.patience is not None and self.patience < 1:
@@ -115,15 +124,25 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _fingerprint(stages: Sequence[Stage], config: TrainConfig, net: ClassifierNet, train_set: ImageDataset,
+                 val_set: ImageDataset) -> dict[str, Any]:
+    """What must not change between a run and its resumption (else the replay would not match)."""
+    settings = asdict(config)
+    settings.pop("num_workers")  # decoding processes do not change results
+    return {"stages": [s.to_dict() for s in stages], "train_config": settings,
+            "num_classes": int(net.model.num_classes), "train_images": len(train_set), "val_images": len(val_set)}
+
+
 def _save_checkpoint(run_dir: Path, net: ClassifierNet, optimizer: torch.optim.Optimizer | None,
-                     state: TrainState, best_file: str | None) -> None:
+                     state: TrainState, best_file: str | None, fingerprint: dict[str, Any]) -> None:
     folder = run_dir / "checkpoints"
     tensors, structure = flatten_optimizer_state(optimizer.state_dict()) if optimizer is not None else ({}, None)
     with atomic_directory(folder / f"epoch-{state.epoch:04d}") as temporary:
         atomic_save_tensors(temporary / "model.safetensors", net.state_dict())
         atomic_save_tensors(temporary / "optimizer.safetensors", tensors)
         atomic_write_json(temporary / "state.json",
-                          {"train_state": asdict(state), "optimizer": structure, "best_file": best_file})
+                          {"train_state": asdict(state), "optimizer": structure, "best_file": best_file,
+                           "fingerprint": fingerprint})
     # Older checkpoints and best-weight files are no longer needed once the new checkpoint exists.
     for old in folder.glob("epoch-*[0-9]"):
         if old.name != f"epoch-{state.epoch:04d}":
@@ -135,8 +154,6 @@ def _save_checkpoint(run_dir: Path, net: ClassifierNet, optimizer: torch.optim.O
 
 def _make_loader(dataset: ImageDataset, config: TrainConfig, fabric: Fabric, *, shuffle_seed: int | None,
                  epoch: int) -> DataLoader:
-    from headstart.inference import auto_num_workers
-
     workers = auto_num_workers(len(dataset)) if config.num_workers is None else config.num_workers
     sampler: Any
     if shuffle_seed is None:
@@ -157,8 +174,6 @@ def _make_loader(dataset: ImageDataset, config: TrainConfig, fabric: Fabric, *, 
 
 def _extract(net: ClassifierNet, dataset: ImageDataset, config: TrainConfig, fabric: Fabric,
              channels_last: bool, bar: Progress, task: Any) -> torch.Tensor:
-    from headstart.inference import auto_num_workers
-
     workers = auto_num_workers(len(dataset)) if config.num_workers is None else config.num_workers
     loader = DataLoader(dataset, batch_size=config.batch_size * 2, shuffle=False, num_workers=workers)
     chunks = []
@@ -252,8 +267,15 @@ def train_classifier(
     """
     config.validate()
     console = console or Console()
-    fabric = Fabric(accelerator=config.accelerator, devices=config.devices, precision=config.precision,
-                    strategy="ddp" if config.devices > 1 else "auto")
+    try:
+        fabric = Fabric(accelerator=config.accelerator, devices=config.devices, precision=config.precision,
+                        strategy="ddp" if config.devices > 1 else "auto")
+    except (ValueError, RuntimeError, TypeError) as error:  # e.g. accelerator="cuda" on a machine without GPU
+        raise ParameterError(
+            f"Cannot train with accelerator={config.accelerator!r}, devices={config.devices},"
+            f" precision={config.precision!r} here: {str(error).splitlines()[0][:300]}",
+            fix="Use --accelerator auto (or cpu) and as many --devices as this machine has.",
+        ) from None
     fabric.launch()
     show = progress and fabric.is_global_zero
     channels_last = fabric.device.type == "cpu"
@@ -262,6 +284,7 @@ def train_classifier(
         net.to(memory_format=torch.channels_last)
 
     state = TrainState()
+    fingerprint = _fingerprint(stages, config, net, train_set, val_set)
     saved_optimizer: dict[str, Any] | None = None
     best_file: str | None = None
     best_weights: dict[str, torch.Tensor] | None = None  # kept in memory when there is no run folder
@@ -275,6 +298,15 @@ def train_classifier(
             console.print(f"No checkpoint in {run_dir}/checkpoints yet: starting the run from the beginning.")
     elif checkpoint is not None:
         saved = read_json(checkpoint / "state.json")
+        changed = sorted(key for key in fingerprint if saved.get("fingerprint", {}).get(key) != fingerprint[key])
+        if changed:
+            raise ResumeError(
+                f"Cannot resume {run_dir}: {', '.join(changed)} differ from the run's checkpoint"
+                f" (checkpoint: { {k: saved.get('fingerprint', {}).get(k) for k in changed} };"
+                f" now: { {k: fingerprint[k] for k in changed} }).",
+                fix="Resume with the same data and settings (`headstart train --resume RUN_DIR` reuses them),"
+                    " or start a new run in another --out.",
+            )
         state = TrainState(**saved["train_state"])
         best_file = saved.get("best_file")
         net.load_state_dict(load_tensors(checkpoint / "model.safetensors"))
@@ -299,6 +331,9 @@ def train_classifier(
         """Record an epoch, track the best one, checkpoint; return True when the current stage loop must end."""
         nonlocal best_file, best_weights, best_probabilities
         stage = stages[state.stage_index]
+        # Rank 0's validation scores decide for every process, so early stopping and the best epoch can never
+        # differ between ranks (GPU kernels need not give bit-identical scores).
+        record = fabric.broadcast(record, src=0)
         state.history.append(record)
         state.epoch += 1
         state.epoch_in_stage += 1
@@ -336,7 +371,7 @@ def train_classifier(
         if run_dir is not None and fabric.is_global_zero:
             # After a stage ends the next stage builds a new optimizer, so its state is not worth keeping.
             keep = optimizer if (optimizer is not None and not stage_done) else None
-            _save_checkpoint(run_dir, net, keep, state, best_file)
+            _save_checkpoint(run_dir, net, keep, state, best_file, fingerprint)
         fabric.barrier()
         if after_epoch is not None:
             after_epoch(state)

@@ -270,7 +270,15 @@ def create_backbone(
     if source.kind == "random":
         model = timm.create_model(spec.architecture, pretrained=False, **kwargs)
     elif source.kind == "hub":
-        model = timm.create_model(spec.timm_id, pretrained=True, **kwargs)
+        try:
+            model = timm.create_model(spec.timm_id, pretrained=True, **kwargs)
+        except Exception as error:  # network failures surface as many different exception types
+            raise WeightsNotFoundError(
+                f"No local weights for backbone {spec.name!r}, and downloading {spec.timm_id} failed:"
+                f" {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}",
+                fix="Connect to the internet once so timm caches the weights, pass --weights FILE, or set"
+                    " HF_HUB_OFFLINE=1 to see every local source that was tried.",
+            ) from None
     else:
         overlay: dict[str, Any]
         if source.kind == "package":

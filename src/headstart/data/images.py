@@ -43,8 +43,6 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 _SYSTEM_NAMES = frozenset({"__MACOSX", "__pycache__", "Thumbs.db", "desktop.ini", "@eaDir"})
 _VAL_NAMES = ("val", "valid", "validation")
 
-# Truncated files must fail, not be silently padded with grey.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 class ImageDecodeError(DataError):
@@ -156,6 +154,14 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_IM
         ImageDecodeError: the file is empty, not an image, truncated, too large, or otherwise unreadable.
     """
     path = Path(path)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise DataError("Pillow's ImageFile.LOAD_TRUNCATED_IMAGES is True in this process, so truncated images"
+                        " would be padded silently instead of skipped.",
+                        fix="Set PIL.ImageFile.LOAD_TRUNCATED_IMAGES = False before using headstart.")
+    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        # Pillow refuses images above its own global limit; headstart's max_pixels check below is the one
+        # that applies, so a larger limit asked for here must lift Pillow's.
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         if path.stat().st_size == 0:
             raise ImageDecodeError(path, "the file is empty (0 bytes)")
@@ -310,7 +316,8 @@ def stratified_split(
         ParameterError: ``val_fraction`` is not in (0, 1).
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ParameterError(f"The 'val_fraction' parameter must be between 0 and 1 (exclusive). Got {val_fraction!r}.")
+        raise ParameterError(f"The 'val_fraction' parameter must be between 0 and 1 (exclusive). Got {val_fraction!r}.",
+                             fix="Pass --val-fraction 0.2, for example.")
     rng = np.random.default_rng(seed)
     labels = np.asarray(samples.labels)
     train_indices: list[int] = []
@@ -329,7 +336,8 @@ def stratified_split(
 def _find_split_folders(root: Path) -> dict[str, Path]:
     names = {entry.name.lower(): entry for entry in root.iterdir() if entry.is_dir()} if root.is_dir() else {}
     found: dict[str, Path] = {}
-    if "train" in names:
+    # A split folder holds class folders; a class that happens to be called "train" holds images.
+    if "train" in names and any(entry.is_dir() and not _is_hidden(entry.name) for entry in names["train"].iterdir()):
         found["train"] = names["train"]
         for candidate in _VAL_NAMES:
             if candidate in names:

@@ -1,0 +1,98 @@
+"""Misuse and damage: each gets a headstart error (what, found, fix) instead of a library traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from headstart import BundleError, ImageClassifier, ParameterError, ResumeError
+from headstart.data import load_image_dataset
+from headstart.strategies import ClassifierNet, plan_stages
+from headstart.train import TrainConfig, train_classifier
+
+from conftest import TINY_BACKBONE, tiny_params
+
+
+@pytest.mark.parametrize("change", [dict(precision="fp16"), dict(seed=-1), dict(num_workers=-2),
+                                    dict(monitor="accuracy"), dict(accelerator="tpu")])
+def test_bad_loop_settings(sample_dir: Path, change: dict) -> None:
+    with pytest.raises(ParameterError) as info:
+        ImageClassifier(**tiny_params(**change)).fit(sample_dir)
+    assert repr(next(iter(change.values()))) in str(info.value) and info.value.fix
+
+
+def test_fixed_size_backbone_refuses_another_size(sample_dir: Path) -> None:
+    with pytest.raises(ParameterError, match="only accepts 160px"):
+        ImageClassifier(**tiny_params(backbone="timm:test_vit", image_size=96)).fit(sample_dir)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path, sample_dir: Path) -> None:
+    run = tmp_path / "run"
+    ImageClassifier(**tiny_params(epochs=1)).fit(sample_dir, out=run)
+    with pytest.raises(ResumeError, match="stages") as info:
+        ImageClassifier(**tiny_params(epochs=3)).fit(sample_dir, out=run, resume=True)
+    assert "--resume" in (info.value.fix or "")
+
+
+def test_bf16_autocast_really_runs(sample_dir: Path) -> None:
+    """precision="bf16-mixed" must put the forward pass under autocast (checked from inside the model)."""
+    from headstart.backbones import create_backbone, get_backbone_spec
+    from headstart.data import ImageDataset, build_transform
+    from headstart.backbones import Preprocessing
+
+    splits = load_image_dataset(sample_dir)
+    preprocessing = Preprocessing.from_dict({**get_backbone_spec(TINY_BACKBONE).preprocessing().to_dict(),
+                                             "input_size": 64})
+    model, _ = create_backbone(TINY_BACKBONE, 2, weights="random")
+    net = ClassifierNet(model)
+    seen: list[bool] = []
+    net.model.conv_stem.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    train_set = ImageDataset(splits.train.paths, splits.train.labels, build_transform(preprocessing, train=True))
+    val_set = ImageDataset(splits.val.paths, splits.val.labels, build_transform(preprocessing, train=False))
+    config = TrainConfig(batch_size=8, precision="bf16-mixed", accelerator="cpu", num_workers=0, patience=None)
+    state, _, _ = train_classifier(net, train_set, val_set, plan_stages("full", 1), config, progress=False)
+    assert len(state.history) == 1 and any(seen)
+
+
+def test_damaged_bundles(tmp_path: Path, sample_dir: Path) -> None:
+    classifier = ImageClassifier(**tiny_params(epochs=1)).fit(sample_dir)
+    model = classifier.save(tmp_path / "model")
+    mode = stat.S_IMODE(os.stat(model / "model.safetensors").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask, oct(mode)  # not the 0600 of a temp file
+    assert stat.S_IMODE(os.stat(model).st_mode) == 0o777 & ~umask
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model, damaged)
+    (damaged / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(BundleError, match="does not match"):
+        ImageClassifier.load(damaged)
+    (damaged / "config.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        ImageClassifier.load(damaged)
+    with pytest.raises(BundleError, match="not a headstart model folder"):
+        ImageClassifier.load(tmp_path)
+
+
+def test_a_class_called_train_is_a_class(tmp_path: Path, sample_dir: Path) -> None:
+    root = tmp_path / "vehicles"
+    shutil.copytree(sample_dir / "train" / "ants", root / "train")  # a class of trains, not a split
+    shutil.copytree(sample_dir / "train" / "bees", root / "bus")
+    splits = load_image_dataset(root)
+    assert splits.classes == ["bus", "train"] and splits.split.startswith("stratified")
+
+
+def test_evaluate_a_folder_without_class_folders(tmp_path: Path, sample_dir: Path) -> None:
+    from headstart import DataError
+
+    classifier = ImageClassifier(**tiny_params(epochs=1)).fit(sample_dir)
+    flat = tmp_path / "flat"
+    shutil.copytree(sample_dir / "test" / "ants", flat / "unknown")
+    with pytest.raises(DataError) as info:
+        classifier.evaluate(flat)
+    assert "unknown" in str(info.value) or "class" in str(info.value)
