@@ -96,3 +96,12 @@ def test_evaluate_a_folder_without_class_folders(tmp_path: Path, sample_dir: Pat
     with pytest.raises(DataError) as info:
         classifier.evaluate(flat)
     assert "unknown" in str(info.value) or "class" in str(info.value)
+
+
+def test_interrupted_bundle_replacement_points_to_the_old_copy(tmp_path: Path, sample_dir: Path) -> None:
+    classifier = ImageClassifier(**tiny_params(epochs=1)).fit(sample_dir)
+    model = classifier.save(tmp_path / "model")
+    model.rename(tmp_path / ".model.abc123.old")  # what a crash between save_bundle's two renames leaves
+    with pytest.raises(BundleError, match="interrupted") as info:
+        ImageClassifier.load(tmp_path / "model")
+    assert ".model.abc123.old" in (info.value.fix or "")

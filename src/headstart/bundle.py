@@ -89,6 +89,14 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
     """
     path = Path(path).expanduser()
     config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not path.exists():
+        leftovers = sorted(path.parent.glob(f".{path.name}.*.old")) if path.parent.is_dir() else []
+        if leftovers:
+            # save_bundle moves the old folder aside for an instant before renaming the new one into place.
+            raise BundleError(
+                f"{path} does not exist, but {leftovers[-1]} does: a save was interrupted while replacing it.",
+                fix=f"Rename {leftovers[-1]} to {path} to get the previous model back.",
+            )
     if not path.is_dir() or not config_file.is_file() or not weights_file.is_file():
         raise BundleError(
             f"{path} is not a headstart model folder: expected {CONFIG_FILE} and {WEIGHTS_FILE} inside it.",

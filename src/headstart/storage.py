@@ -92,8 +92,9 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it replaces ``path`` (an older folder is removed).
 
-    Readers see either the old folder or the new one, never a half-written one: the new folder is renamed
-    into place and the old one moved aside first.
+    Readers never see a half-written folder: the new folder is complete before it is renamed into place.
+    The old folder is moved aside (``.NAME.*.old``) just before; a crash in the instant between the two renames
+    leaves only that copy, which :func:`headstart.bundle.load_bundle` points to.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
