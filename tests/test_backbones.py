@@ -169,3 +169,20 @@ def test_packaged_lite0_recognises_the_bundled_sample() -> None:
     correct = np.array([310 if f.parent.name == "ants" else 309 for f in files])
     assert np.mean(probabilities.argmax(1) == correct) >= 0.66
     assert np.mean(probabilities[np.arange(len(files)), correct]) >= 0.42
+
+
+def test_checkpoint_fine_tuned_for_other_classes_keeps_its_backbone(tmp_path: Path) -> None:
+    """E.g. a headstart bundle's model.safetensors (7 classes) used as --weights for a 3-class task."""
+    tuned = timm.create_model("test_efficientnet", pretrained=False, num_classes=7)
+    file = tmp_path / "tuned.safetensors"
+    save_file({k: v.contiguous() for k, v in tuned.state_dict().items()}, str(file))
+    model, _ = create_backbone("timm:test_efficientnet", 3, weights=file)
+    assert torch.equal(model.conv_stem.weight, tuned.conv_stem.weight)
+    assert model.get_classifier().out_features == 3
+
+
+def test_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
+    file = tmp_path / "notes.pth"
+    file.write_text("not a checkpoint")
+    with pytest.raises(ParameterError, match="do not fit backbone"):
+        create_backbone("timm:test_efficientnet", 2, weights=file)

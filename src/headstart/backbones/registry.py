@@ -15,6 +15,7 @@ Random initialisation happens only when asked for with ``weights="random"``.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from headstart.errors import ParameterError, WeightsNotFoundError
@@ -280,27 +282,43 @@ def create_backbone(
                     " HF_HUB_OFFLINE=1 to see every local source that was tried.",
             ) from None
     else:
-        overlay: dict[str, Any]
-        if source.kind == "package":
-            assert spec.package_weights is not None  # resolve_weights only says "package" when it exists
-            overlay = dict(state_dict=spec.package_weights())
-        else:
-            overlay = dict(file=str(source.path))
-        # Load with the checkpoint's own head size so timm loads strictly (with another num_classes it
-        # silently skips keys that do not match), then put the new head on.
-        pretrained_classes = getattr(timm.models.get_pretrained_cfg(spec.timm_id), "num_classes", None) or 1000
+        # Load with the pretrained head size so timm loads strictly (with another num_classes it silently
+        # skips keys that do not match), then put the new head on.
+        cfg = timm.models.get_pretrained_cfg(spec.timm_id)
+        pretrained_classes = getattr(cfg, "num_classes", None) or 1000
         try:
-            model = timm.create_model(spec.timm_id, pretrained=True, pretrained_cfg_overlay=overlay,
+            if source.kind == "package":
+                assert spec.package_weights is not None  # resolve_weights only says "package" when it exists
+                state = spec.package_weights()
+            else:
+                state = timm.models.load_state_dict(str(source.path))
+            state = _with_pretrained_head_shape(state, getattr(cfg, "classifier", None), pretrained_classes)
+            model = timm.create_model(spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state),
                                       num_classes=pretrained_classes, drop_rate=drop_rate)
             if num_classes != pretrained_classes:
                 model.reset_classifier(num_classes)
-        except (RuntimeError, KeyError, ValueError, OSError) as error:
+        except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError, SafetensorError) as error:
             detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
             raise ParameterError(
                 f"The weights from {source.description} do not fit backbone {spec.name!r} ({spec.timm_id}): {detail}",
                 fix=f"Pass a checkpoint trained for the {spec.architecture} architecture, or choose the matching backbone.",
             ) from error
     return model, source
+
+
+def _with_pretrained_head_shape(state: dict[str, torch.Tensor], classifier: str | tuple[str, ...] | None,
+                                pretrained_classes: int) -> dict[str, torch.Tensor]:
+    """A checkpoint fine-tuned for other classes (a headstart bundle, say) keeps its backbone: its classifier
+    tensors are swapped for placeholders of the pretrained shape so the strict load succeeds; the head is
+    replaced right after anyway."""
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    state = dict(state)
+    for name in names:
+        for suffix in ("weight", "bias"):
+            key = f"{name}.{suffix}"
+            if key in state and state[key].shape[0] != pretrained_classes:
+                state[key] = torch.zeros((pretrained_classes, *state[key].shape[1:]), dtype=state[key].dtype)
+    return state
 
 
 def count_parameters(name: str) -> int:
