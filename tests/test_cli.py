@@ -90,3 +90,9 @@ def test_backbones_lists_every_family_and_availability(empty_weight_caches: tupl
     assert "package" in rows["efficientnet_lite0"]  # lite0 weights come from the installed package
     assert "missing" in rows["vgg16"]  # offline, with an empty cache
     assert "138.4M" in rows["vgg16"] and "331px" in rows["nasnet_large"]
+
+
+def test_resume_refuses_extra_options(trained_run: Path) -> None:
+    result = runner.invoke(app, ["train", "--resume", str(trained_run), "--devices", "2", "--epochs", "9"])
+    assert result.exit_code == 2
+    assert "--devices" in result.output and "--epochs" in result.output and "Fix:" in result.output

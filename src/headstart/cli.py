@@ -5,6 +5,7 @@ Errors headstart raises on purpose are printed as one message with its fix (no t
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -72,9 +73,13 @@ def train(
             if not config_file.is_file():
                 raise ParameterError(f"--resume {resume}: no config.json there, so it is not a headstart run folder.",
                                      fix="Pass the --out folder of an earlier `headstart train`.")
-            if data is not None:
-                raise ParameterError(f"--resume {resume} reuses the run's own data; got DATA {data} as well.",
-                                     fix=f"Run `headstart train --resume {resume}` without DATA or other options.")
+            given = {name: value for name, value in locals().items()
+                     if name in _TRAIN_DEFAULTS and name not in ("resume", "quiet") and value != _TRAIN_DEFAULTS[name]}
+            if given:
+                options = ", ".join("DATA" if n == "data" else "--" + n.replace("_", "-") for n in given)
+                raise ParameterError(f"--resume {resume} continues the run with its own data and settings; got {options}"
+                                     " as well, which would change the run.",
+                                     fix=f"Run `headstart train --resume {resume}` alone (--quiet is allowed).")
             try:
                 saved = read_json(config_file)
                 params, saved_data, saved_val = saved["params"], saved["data"], saved["val"]
@@ -110,6 +115,9 @@ def train(
         classifier.fit(data, val=val, out=out)
     except HeadstartError as error:
         _fail(error)
+
+
+_TRAIN_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
 
 
 @app.command()
