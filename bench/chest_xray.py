@@ -44,7 +44,7 @@ def main() -> None:
     test_features = extract_features("efficientnet_lite0", test.paths)
     for weighting in (None, "balanced"):
         head = LogisticRegression(max_iter=5000, class_weight=weighting).fit(train_features, train.labels)
-        metrics = classification_metrics(test.labels, head.predict_proba(test_features), train.classes)
+        metrics = classification_metrics(test.labels, head.predict_proba(test_features), classes=train.classes)
         name = f"logistic regression, class_weight={weighting}"
         results[name] = metrics
         print(show(name, metrics))

@@ -25,7 +25,7 @@ def linear_probe_baseline(train_paths: list[Path], train_labels: list[int], eval
     train = extract_features("efficientnet_lite0", train_paths)
     evaluation = extract_features("efficientnet_lite0", eval_paths)
     head = LogisticRegression(max_iter=5000, class_weight=class_weight).fit(train, train_labels)
-    metrics = classification_metrics(eval_labels, head.predict_proba(evaluation), classes)
+    metrics = classification_metrics(eval_labels, head.predict_proba(evaluation), classes=classes)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     return metrics
 

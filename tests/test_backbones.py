@@ -144,7 +144,7 @@ def test_packaged_lite0_classifies_imagenet_photos(shared_data: Path) -> None:
     model, source = create_backbone("efficientnet_lite0", 1000)
     assert source.kind == "package"
     splits = load_image_dataset(shared_data / "images" / "hymenoptera")
-    probabilities = predict_files(model, get_backbone_spec("efficientnet_lite0").preprocessing(), splits.val.paths)
+    probabilities = predict_files(model, splits.val.paths, preprocessing=get_backbone_spec("efficientnet_lite0").preprocessing())
     predicted = probabilities.argmax(axis=1)
     labels = np.asarray(splits.val.labels)  # 0 = ants, 1 = bees
     top1 = np.mean(np.where(labels == 0, predicted == 310, predicted == 309))
@@ -165,7 +165,7 @@ def test_packaged_lite0_recognises_the_bundled_sample() -> None:
     assert source.kind == "package"
     files = sorted(SAMPLE.rglob("*.jpg"))
     assert len(files) == 56
-    probabilities = predict_files(model, get_backbone_spec("efficientnet_lite0").preprocessing(), files)
+    probabilities = predict_files(model, files, preprocessing=get_backbone_spec("efficientnet_lite0").preprocessing())
     correct = np.array([310 if f.parent.name == "ants" else 309 for f in files])
     assert np.mean(probabilities.argmax(1) == correct) >= 0.66
     assert np.mean(probabilities[np.arange(len(files)), correct]) >= 0.42

@@ -16,7 +16,7 @@ def test_metrics_match_scikit_learn() -> None:
     logits = rng.normal(size=(300, 3)) + 1.5 * np.eye(3)[truth]
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     predicted = probabilities.argmax(1)
-    metrics = classification_metrics(truth, probabilities, ["a", "b", "c"], n_bootstrap=500)
+    metrics = classification_metrics(truth, probabilities, classes=["a", "b", "c"], n_bootstrap=500)
     assert metrics["accuracy"]["value"] == pytest.approx(accuracy_score(truth, predicted))
     assert metrics["macro_f1"]["value"] == pytest.approx(f1_score(truth, predicted, average="macro"))
     assert metrics["macro_precision"]["value"] == pytest.approx(precision_score(truth, predicted, average="macro"))
@@ -34,4 +34,4 @@ def test_metrics_match_scikit_learn() -> None:
 
 def test_shape_mismatch_is_a_clear_error() -> None:
     with pytest.raises(ParameterError, match=r"shape \(2, 3\)"):
-        classification_metrics([0, 1], np.ones((2, 2)) / 2, ["a", "b", "c"])
+        classification_metrics([0, 1], np.ones((2, 2)) / 2, classes=["a", "b", "c"])

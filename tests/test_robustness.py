@@ -55,7 +55,8 @@ def test_bf16_autocast_really_runs(sample_dir: Path) -> None:
     train_set = ImageDataset(splits.train.paths, splits.train.labels, build_transform(preprocessing, train=True))
     val_set = ImageDataset(splits.val.paths, splits.val.labels, build_transform(preprocessing, train=False))
     config = TrainConfig(batch_size=8, precision="bf16-mixed", accelerator="cpu", num_workers=0, patience=None)
-    state, _, _ = train_classifier(net, train_set, val_set, plan_stages("full", 1), config, progress=False)
+    state, _, _ = train_classifier(net, train_set, val_set=val_set, stages=plan_stages("full", 1), config=config,
+                                   progress=False)
     assert len(state.history) == 1 and any(seen)
 
 

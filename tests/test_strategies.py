@@ -94,7 +94,7 @@ def test_discriminative_learning_rates_grow_towards_the_head() -> None:
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
-    values = [lr_factor(step, 100, 10) for step in range(101)]
+    values = [lr_factor(step, 100, warmup_steps=10) for step in range(101)]
     assert values[0] < values[5] < values[9] == 1.0
     assert all(a >= b for a, b in zip(values[10:], values[11:]))
     assert values[-1] == pytest.approx(0.0)
@@ -108,11 +108,11 @@ def test_linear_head_is_solved_with_a_cross_validated_penalty() -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 150)
     features = rng.normal(size=(150, 20)) + 1.2 * np.eye(3, 20)[labels]
-    fit = fit_linear_head(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), 3, grid=(0.01,))
+    fit = fit_linear_head(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), n_classes=3, grid=(0.01,))
     # the same objective as scikit-learn's multinomial logistic regression with C = 1 / (n * l2)
     reference = LogisticRegression(C=1 / (150 * 0.01), max_iter=5000, tol=1e-10).fit(features, labels)
     assert np.allclose(fit.weight.numpy(), reference.coef_, atol=2e-3)
-    chosen = fit_linear_head(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), 3)
+    chosen = fit_linear_head(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), n_classes=3)
     assert len(chosen.cv) == 7 and chosen.l2 in [row["l2"] for row in chosen.cv]
     best = min(row["cv_log_loss"] for row in chosen.cv)
     row = next(r for r in chosen.cv if r["l2"] == chosen.l2)

@@ -293,7 +293,7 @@ class ImageClassifier:
             atomic_write_json(run_dir / "data.json", splits.summary())
 
         state, fabric, best_probabilities = train_classifier(
-            net, train_set, val_set, stages, config, run_dir=run_dir, resume=resume,
+            net, train_set, val_set=val_set, stages=stages, config=config, run_dir=run_dir, resume=resume,
             class_counts=list(splits.train.class_counts().values()), console=console, progress=self.progress,
             frozen_views=frozen_views,
         )
@@ -314,7 +314,7 @@ class ImageClassifier:
 
         # The restored epoch's validation predictions are kept by the loop; recompute only after a resume.
         probabilities = best_probabilities if best_probabilities is not None else self.predict_proba(splits.val.paths)
-        self.metrics_ = classification_metrics(splits.val.labels, probabilities, self.classes_, seed=self.seed)
+        self.metrics_ = classification_metrics(splits.val.labels, probabilities, classes=self.classes_, seed=self.seed)
         self.metrics_["split"] = "validation"
         self.metrics_["model_selection"] = (
             f"best epoch ({state.best_epoch} of {len(state.history)}) chosen by {config.monitor} on this validation"
@@ -351,7 +351,7 @@ class ImageClassifier:
         atomic_write_json(run_dir / "metrics.json", metrics)
         atomic_write_json(run_dir / "history.json", self.history_)
         plot_training_curves(self.history_, run_dir / "curves.png", best_epoch=self.best_epoch_)
-        plot_confusion_matrix(self.metrics_["confusion_matrix"], self.classes_, run_dir / "confusion_matrix.png",
+        plot_confusion_matrix(self.metrics_["confusion_matrix"], run_dir / "confusion_matrix.png", classes=self.classes_,
                               title="Confusion matrix (validation)")
         summary = (
             f"headstart run {run_dir}\n"
@@ -379,7 +379,8 @@ class ImageClassifier:
             images = [images]
         if len(images) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
-        return predict_files(self.model_, self.preprocessing_, list(images), batch_size=batch_size or self.batch_size,
+        return predict_files(self.model_, list(images), preprocessing=self.preprocessing_,
+                             batch_size=batch_size or self.batch_size,
                              num_workers=self.num_workers, max_pixels=self.max_image_pixels)
 
     def predict(self, images: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -405,14 +406,14 @@ class ImageClassifier:
         console.print(f"[bold]Evaluation[/bold] on {data} ({len(samples)} images)", highlight=False)
         print_skipped(console, skipped)
         probabilities = self.predict_proba(samples.paths)
-        metrics = classification_metrics(samples.labels, probabilities, self.classes_, n_bootstrap=n_bootstrap,
+        metrics = classification_metrics(samples.labels, probabilities, classes=self.classes_, n_bootstrap=n_bootstrap,
                                          seed=self.seed)
         metrics.update({"split": "evaluation", "data": str(Path(data).resolve()), "skipped_count": len(skipped),
                         "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
         if out is not None:
             out = Path(out)
             atomic_write_json(out / "metrics.json", metrics)
-            plot_confusion_matrix(metrics["confusion_matrix"], self.classes_, out / "confusion_matrix.png",
+            plot_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png", classes=self.classes_,
                                   title=f"Confusion matrix ({Path(data).name})")
             predictions = [
                 {"path": str(p), "true": self.classes_[t], "predicted": self.classes_[int(np.argmax(row))],

@@ -63,6 +63,7 @@ def check_choice(owner: str, name: str, value: object, choices: "set[str] | list
     Traceback (most recent call last):
     ...
     headstart.errors.ParameterError: The 'strategy' parameter of ImageClassifier must be one of ['fine_tune', 'linear_probe']. Got 'finetune'.
+    Fix: Did you mean 'fine_tune'?
     """
     if value not in choices:
         close = [c for c in choices if str(value).replace("_", "").lower() == c.replace("_", "").lower()]

@@ -38,8 +38,8 @@ def _confusion(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
 def classification_metrics(
     y_true: Sequence[int] | np.ndarray,
     probabilities: np.ndarray,
-    classes: Sequence[str],
     *,
+    classes: Sequence[str],
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -58,7 +58,8 @@ def classification_metrics(
     Raises:
         ParameterError: shapes that do not agree.
 
-    >>> m = classification_metrics([0, 1, 1], np.array([[.9, .1], [.2, .8], [.6, .4]]), ["a", "b"], n_bootstrap=50)
+    >>> p = np.array([[.9, .1], [.2, .8], [.6, .4]])
+    >>> m = classification_metrics([0, 1, 1], p, classes=["a", "b"], n_bootstrap=50)
     >>> round(m["accuracy"]["value"], 3), m["confusion_matrix"]
     (0.667, [[1, 0], [1, 1]])
     """

@@ -70,8 +70,8 @@ def _folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
 def fit_linear_head(
     features: torch.Tensor,
     labels: torch.Tensor,
-    n_classes: int,
     *,
+    n_classes: int,
     n_views: int = 1,
     class_weight: torch.Tensor | None = None,
     grid: tuple[float, ...] = L2_GRID,

@@ -50,7 +50,7 @@ def predict_loader(model: nn.Module, loader: DataLoader, *, device: torch.device
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
-def predict_files(model: nn.Module, preprocessing: Preprocessing, paths: Sequence[str | os.PathLike[str]], *,
+def predict_files(model: nn.Module, paths: Sequence[str | os.PathLike[str]], *, preprocessing: Preprocessing,
                   batch_size: int = 32, num_workers: int | None = None, device: torch.device | str = "cpu",
                   max_pixels: int | None = None) -> np.ndarray:
     """Class probabilities for image files, shape (len(paths), n_classes).

@@ -50,8 +50,8 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
     return _save(figure, Path(path))
 
 
-def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str],
-                          path: str | os.PathLike[str], *, title: str = "Confusion matrix") -> Path:
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], path: str | os.PathLike[str], *,
+                          classes: Sequence[str], title: str = "Confusion matrix") -> Path:
     """Counts with row-normalised colour (rows = true class)."""
     counts = np.asarray(matrix)
     k = len(classes)

@@ -70,7 +70,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def atomic_save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
+def atomic_save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], *,
                         metadata: dict[str, str] | None = None) -> Path:
     """Save tensors as safetensors (contiguous CPU copies; shared storage is broken apart)."""
     path = Path(path)

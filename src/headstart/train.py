@@ -97,10 +97,10 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+def lr_factor(step: int, total_steps: int, *, warmup_steps: int) -> float:
     """Linear warm-up to 1, then cosine decay to 0, as a pure function of the step.
 
-    >>> [round(lr_factor(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
+    >>> [round(lr_factor(s, 10, warmup_steps=2), 3) for s in (0, 1, 2, 6, 10)]
     [0.5, 1.0, 1.0, 0.5, 0.0]
     """
     if warmup_steps > 0 and step < warmup_steps:
@@ -230,10 +230,10 @@ def _predict_cached(net: ClassifierNet, features: TensorDataset) -> tuple[np.nda
 def train_classifier(
     net: ClassifierNet,
     train_set: ImageDataset,
+    *,
     val_set: ImageDataset,
     stages: Sequence[Stage],
     config: TrainConfig,
-    *,
     run_dir: Path | None = None,
     resume: bool = False,
     class_counts: Sequence[int] | None = None,
@@ -389,7 +389,7 @@ def train_classifier(
                 cached = _cache_features(net, frozen_views, val_set, config, fabric, console, show, channels_last)
             started = time.perf_counter()
             features, labels = cached[0].tensors
-            fit = fit_linear_head(features, labels, net.model.num_classes, n_views=len(frozen_views),
+            fit = fit_linear_head(features, labels, n_classes=net.model.num_classes, n_views=len(frozen_views),
                                   class_weight=None if weight is None else weight.cpu(), seed=config.seed)
             classifier = net.model.get_classifier()
             with torch.no_grad():
@@ -435,7 +435,8 @@ def train_classifier(
                 task = bar.add_task(f"epoch {state.epoch + 1} [{stage.name}]", total=len(loader), info="")
                 for step, (images, labels) in enumerate(loader):
                     train_set.raise_for_failures(labels)
-                    factor = lr_factor(state.epoch_in_stage * steps_per_epoch + step, total_steps, warmup_steps)
+                    factor = lr_factor(state.epoch_in_stage * steps_per_epoch + step, total_steps,
+                                       warmup_steps=warmup_steps)
                     for group in optimizer.param_groups:
                         group["lr"] = stage.lr * group["lr_scale"] * factor
                     if channels_last:
