@@ -44,6 +44,8 @@ def test_fit_writes_a_complete_run(tmp_path: Path, sample_dir: Path) -> None:
     # the frozen head stage is solved once on cached features, then 3 unfrozen epochs
     assert [h["stage"] for h in history] == ["head", "all", "all", "all"]
     assert history[0]["l2"] > 0
+    selection = history[0]["head_selection"]  # the CV table behind the chosen penalty is kept in the run
+    assert selection["l2"] == history[0]["l2"] and len(selection["cv"]) == 7 and "fold" in selection["selection"]
     assert classifier.classes_ == ["ants", "bees"]
     # temporary files and replaced (.old) folders are dot-named: none may be left anywhere in the run
     leftovers = [str(p.relative_to(run)) for p in run.rglob("*") if p.name.startswith(".")]

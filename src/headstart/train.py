@@ -401,7 +401,7 @@ def train_classifier(
                 "epoch": state.epoch + 1, "stage": stage.name,
                 "train_loss": _log_loss(train_probabilities, train_labels),
                 "train_accuracy": float((train_probabilities.argmax(1) == train_labels).mean()),
-                **_val_scores(probabilities, val_labels), "lr": 0.0, "l2": fit.l2,
+                **_val_scores(probabilities, val_labels), "lr": 0.0, "l2": fit.l2, "head_selection": fit.summary(),
                 "seconds": round(time.perf_counter() - started, 2),
             }
             state.epoch_in_stage = stage.epochs - 1  # the stage is complete after this one step
