@@ -93,10 +93,14 @@ def test_evaluate_a_folder_without_class_folders(tmp_path: Path, sample_dir: Pat
 
     classifier = ImageClassifier(**tiny_params(epochs=1)).fit(sample_dir)
     flat = tmp_path / "flat"
-    shutil.copytree(sample_dir / "test" / "ants", flat / "unknown")
-    with pytest.raises(DataError) as info:
+    shutil.copytree(sample_dir / "test" / "ants", flat)  # loose images, no class subfolders
+    with pytest.raises(DataError, match="no images in class subfolders") as info:
         classifier.evaluate(flat)
-    assert "unknown" in str(info.value) or "class" in str(info.value)
+    assert "predict" in (info.value.fix or "")
+    (flat / "wasps").mkdir()  # a class the model does not know
+    shutil.copy(next(flat.glob("*.jpg")), flat / "wasps")
+    with pytest.raises(DataError, match=r"not in training data \['wasps'\]"):
+        classifier.evaluate(flat)
 
 
 def test_interrupted_bundle_replacement_points_to_the_old_copy(tmp_path: Path, sample_dir: Path) -> None:

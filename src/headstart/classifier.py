@@ -210,7 +210,7 @@ class ImageClassifier:
         from headstart.data.transforms import ImageDataset, build_transform
         from headstart.backbones import create_backbone
         from headstart.strategies import ClassifierNet, choose_strategy, default_epochs, plan_stages
-        from headstart.train import train_classifier
+        from headstart.train import process_rank, train_classifier
 
         self._validate_params()
         config = self._train_config()
@@ -218,7 +218,7 @@ class ImageClassifier:
         if resume and out is None:
             raise ParameterError("resume=True needs the run folder, but out is None.", fix="Pass out=RUN_DIR, the folder of the run to continue.")
         started = time.perf_counter()
-        console = Console(quiet=not self.progress or int(os.environ.get("LOCAL_RANK", "0")) != 0)
+        console = Console(quiet=not self.progress or process_rank() != 0)
         run_dir = Path(out) if out is not None else None
 
         splits = load_image_dataset(data, val=val, val_fraction=self.val_fraction, seed=self.seed,
@@ -234,9 +234,9 @@ class ImageClassifier:
             epochs = default_epochs(strategy, n_train)
         if strategy == "linear_probe":
             # fit() always caches frozen features, so the head is solved in one step (see train.py)
-            if self.epochs is not None and self.epochs != 1:
-                console.print(f"Note: epochs={self.epochs} is ignored: the linear head is solved on cached features.")
-            epochs = 1
+            if epochs != 1:
+                console.print(f"Note: epochs={epochs} is ignored: the linear head is solved on cached features.")
+                epochs = 1
             console.print("Linear probe: the head is solved on cached frozen features.")
         else:
             console.print(f"Epochs: {epochs}" + (" unfrozen, after one frozen head stage." if strategy == "fine_tune" else "."))
@@ -283,8 +283,7 @@ class ImageClassifier:
             "backbone": {"name": spec.name, "timm_id": spec.timm_id, "weights": source.description},
             "preprocessing": preprocessing.to_dict(), "train_config": asdict(config),
         }
-        is_main = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
-        if run_dir is not None and is_main:
+        if run_dir is not None and process_rank() == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
                 # A fresh run must never be resumed from an older run's checkpoints left in the same folder.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Annotated, Optional
@@ -66,6 +65,7 @@ def train(
     """Train a classifier on an image folder; writes the run (model, metrics, plots) to --out."""
     from headstart.classifier import ImageClassifier
     from headstart.storage import read_json
+    from headstart.train import process_rank
 
     try:
         if resume is not None:
@@ -94,7 +94,7 @@ def train(
                                  fix="headstart train PATH/TO/IMAGES --out runs/NAME")
         out = out or Path("runs") / data.resolve().name
         # A data-parallel worker re-runs this command (Lightning Fabric's launcher); rank 0 owns --out.
-        worker = int(os.environ.get("LOCAL_RANK", "0")) > 0
+        worker = process_rank() > 0
         if (out / "config.json").exists() and not overwrite and not worker:
             raise ParameterError(f"--out {out} already holds a run.",
                                  fix=f"Use --resume {out} to continue it, --overwrite to replace it, or another --out.")

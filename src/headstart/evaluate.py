@@ -14,7 +14,7 @@ import numpy as np
 
 from headstart.errors import ParameterError
 
-__all__ = ["classification_metrics", "format_summary"]
+__all__ = ["classification_metrics", "format_summary", "log_loss"]
 
 
 def _rates_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
@@ -33,6 +33,16 @@ def _rates_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
 
 def _confusion(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(true * k + pred, minlength=k * k).reshape(k, k)
+
+
+def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-probability of the true class (probabilities clipped at 1e-12).
+
+    >>> round(log_loss(np.array([[0.5, 0.5], [0.9, 0.1]]), np.array([0, 0])), 4)
+    0.3993
+    """
+    picked = np.asarray(probabilities)[np.arange(len(labels)), np.asarray(labels)]
+    return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
 
 
 def classification_metrics(
@@ -102,7 +112,6 @@ def classification_metrics(
             entry["ci95"] = [float(bounds[0]), float(bounds[1])]
         return entry
 
-    clipped = np.clip(probabilities[np.arange(len(true)), true], 1e-12, 1.0)
     return {
         "n_samples": int(len(true)),
         "classes": list(classes),
@@ -120,7 +129,7 @@ def classification_metrics(
             for i, name in enumerate(classes)
         },
         "confusion_matrix": cm.tolist(),
-        "log_loss": float(-np.log(clipped).mean()),
+        "log_loss": log_loss(probabilities, true),
         "bootstrap": {"resamples": n_bootstrap, "seed": seed, "method": "percentile"},
     }
 

@@ -8,16 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from headstart.backbones import Preprocessing, create_backbone, get_backbone_spec
 from headstart.data.transforms import ImageDataset, build_transform
-from headstart.inference import auto_num_workers
+from headstart.inference import forward_batches
 
 __all__ = ["extract_features"]
 
 
-@torch.inference_mode()
 def extract_features(
     backbone: str,
     paths: Sequence[str | os.PathLike[str]],
@@ -37,9 +35,5 @@ def extract_features(
     model, _ = create_backbone(backbone, 0, weights=weights)
     model.eval().to(memory_format=torch.channels_last)
     dataset = ImageDataset([Path(p) for p in paths], None, build_transform(preprocessing, train=False))
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=auto_num_workers(len(dataset)))
-    chunks = []
-    for images, labels in loader:
-        dataset.raise_for_failures(labels)
-        chunks.append(model(images.contiguous(memory_format=torch.channels_last)).float().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, model.num_features), dtype=np.float32)
+    features, _ = forward_batches(model, dataset, batch_size=batch_size, channels_last=True)
+    return features.numpy() if len(features) else np.zeros((0, model.num_features), dtype=np.float32)

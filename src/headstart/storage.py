@@ -38,16 +38,21 @@ def temporary_sibling(path: Path) -> Path:
     return Path(name)
 
 
-def _umask() -> int:
-    current = os.umask(0)
+def _read_umask() -> int:
+    # os.umask is the only portable reader and it also sets: do it once, at import, not per write (setting it
+    # to 0 even briefly would let files created meanwhile by other threads come out world-writable).
+    current = os.umask(0o022)
     os.umask(current)
     return current
+
+
+_UMASK = _read_umask()
 
 
 def atomic_replace(temporary: Path, path: Path) -> None:
     with open(temporary, "rb") as handle:
         os.fsync(handle.fileno())
-    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600 files: give saved files the usual mode
+    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600 files: give saved files the usual mode
     os.replace(temporary, path)
 
 
@@ -99,7 +104,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    os.chmod(temporary, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
     try:
         yield temporary
         old = None

@@ -118,7 +118,7 @@ def default_epochs(strategy: str, n_train: int) -> int:
     (8, 4)
     """
     if strategy == "linear_probe":
-        return 10  # used only when features are not cached; a cached head is solved in one step
+        return 1  # fit() caches frozen features and solves the head in one step
     if n_train <= 1000:
         return 8
     return 6 if n_train <= 5000 else 4

@@ -9,6 +9,7 @@ N+1... exactly as an uninterrupted run would.
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import time
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Tens
 
 from headstart.data.transforms import ImageDataset
 from headstart.errors import ParameterError, ResumeError, check_choice
-from headstart.inference import auto_num_workers, predict_loader
+from headstart.inference import auto_num_workers, forward_batches, predict_dataset
 from headstart.storage import (
     atomic_directory,
     atomic_save_tensors,
@@ -37,10 +38,11 @@ from headstart.storage import (
     read_json,
     unflatten_optimizer_state,
 )
+from headstart.evaluate import log_loss
 from headstart.heads import fit_linear_head
 from headstart.strategies import ClassifierNet, Stage, parameter_groups
 
-__all__ = ["TrainConfig", "TrainState", "lr_factor", "train_classifier", "latest_checkpoint"]
+__all__ = ["TrainConfig", "TrainState", "lr_factor", "train_classifier", "latest_checkpoint", "process_rank"]
 
 MONITORS = {"val_loss": "min", "val_accuracy": "max"}
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")  # *-true half precision would also cast the eval path
@@ -109,6 +111,12 @@ def lr_factor(step: int, total_steps: int, *, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def process_rank() -> int:
+    """This process's global rank in a data-parallel run (Fabric's launcher or torchrun set RANK/LOCAL_RANK);
+    0 in a plain process. Valid before Fabric is created, so callers can decide who writes files."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
 def _seed_epoch(seed: int, epoch: int) -> int:
     value = seed * 10_007 + epoch
     random.seed(value)
@@ -172,22 +180,6 @@ def _make_loader(dataset: ImageDataset, config: TrainConfig, fabric: Fabric, *, 
     return fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=True)
 
 
-def _extract(net: ClassifierNet, dataset: ImageDataset, config: TrainConfig, fabric: Fabric,
-             channels_last: bool, bar: Progress, task: Any) -> torch.Tensor:
-    workers = auto_num_workers(len(dataset)) if config.num_workers is None else config.num_workers
-    loader = DataLoader(dataset, batch_size=config.batch_size * 2, shuffle=False, num_workers=workers)
-    chunks = []
-    net.eval()
-    for images, labels in loader:
-        dataset.raise_for_failures(labels)
-        images = images.to(fabric.device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        chunks.append(net.pooled_features(images).float().cpu())
-        bar.update(task, advance=len(labels))
-    return torch.cat(chunks)
-
-
 def _cache_features(net: ClassifierNet, views: Sequence[ImageDataset], val_set: ImageDataset, config: TrainConfig,
                     fabric: Fabric, console: Console, show: bool, channels_last: bool
                     ) -> tuple[TensorDataset, TensorDataset]:
@@ -198,8 +190,14 @@ def _cache_features(net: ClassifierNet, views: Sequence[ImageDataset], val_set: 
                    TimeRemainingColumn(), console=console, transient=True, disable=not show)
     with bar:
         task = bar.add_task("frozen backbone: extracting features", total=total)
-        train = [_extract(net, view, config, fabric, channels_last, bar, task) for view in views]
-        val = _extract(net, val_set, config, fabric, channels_last, bar, task)
+        net.eval()
+        extracted = [
+            forward_batches(net.pooled_features, dataset, batch_size=config.batch_size * 2,
+                            num_workers=config.num_workers, device=fabric.device, channels_last=channels_last,
+                            on_batch=lambda n: bar.update(task, advance=n))[0]
+            for dataset in (*views, val_set)
+        ]
+        train, val = extracted[:-1], extracted[-1]
     labels = torch.as_tensor([label for view in views for label in view.labels], dtype=torch.long)
     if show:
         console.print(f"Cached frozen features of {total} images ({len(views)} views of the training images) in"
@@ -208,13 +206,8 @@ def _cache_features(net: ClassifierNet, views: Sequence[ImageDataset], val_set: 
             TensorDataset(val, torch.as_tensor(val_set.labels, dtype=torch.long)))
 
 
-def _log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    picked = probabilities[np.arange(len(labels)), labels]
-    return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
-
-
 def _val_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {"val_loss": _log_loss(probabilities, labels),
+    return {"val_loss": log_loss(probabilities, labels),
             "val_accuracy": float((probabilities.argmax(1) == labels).mean())}
 
 
@@ -322,8 +315,6 @@ def train_classifier(
         weight = (counts.sum() / (len(counts) * counts)).to(fabric.device)
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     direction = MONITORS[config.monitor]
-    val_loader = DataLoader(val_set, batch_size=config.batch_size * 2, shuffle=False,
-                            num_workers=0 if config.num_workers == 0 else min(1, len(val_set)))
 
     optimizer: Any = None
 
@@ -399,7 +390,7 @@ def train_classifier(
             probabilities, val_labels = _predict_cached(net, cached[1])
             record = {
                 "epoch": state.epoch + 1, "stage": stage.name,
-                "train_loss": _log_loss(train_probabilities, train_labels),
+                "train_loss": log_loss(train_probabilities, train_labels),
                 "train_accuracy": float((train_probabilities.argmax(1) == train_labels).mean()),
                 **_val_scores(probabilities, val_labels), "lr": 0.0, "l2": fit.l2, "head_selection": fit.summary(),
                 "seconds": round(time.perf_counter() - started, 2),
@@ -453,8 +444,9 @@ def train_classifier(
             loss_sum, correct, seen = (fabric.all_reduce(t, reduce_op="sum") for t in (loss_sum, correct, seen))
             # Every rank scores the whole validation set on the unwrapped model, so early-stopping
             # decisions agree across processes without communication.
-            probabilities, val_labels = predict_loader(net, val_loader, device=fabric.device,
-                                                       channels_last=channels_last)
+            probabilities, val_labels = predict_dataset(net, val_set, batch_size=config.batch_size * 2,
+                                                        num_workers=config.num_workers, device=fabric.device,
+                                                        channels_last=channels_last)
             record = {
                 "epoch": state.epoch + 1, "stage": stage.name,
                 "train_loss": float(loss_sum / seen), "train_accuracy": float(correct / seen),
