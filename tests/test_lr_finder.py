@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,9 @@ from headstart.strategies import ClassifierNet, Stage, plan_stages
 
 from conftest import TINY_BACKBONE
 
+# The frozen sweep goes to 10; the unfrozen one to 100, far enough for a random-weight network to diverge in 20 steps.
 START_LR, END_LR, STEPS = 1e-5, 10.0, 20
+UNFROZEN_END_LR = 100.0
 HEAD_STAGE, ALL_STAGE = plan_stages("fine_tune", 1)  # frozen head; then everything with lr_ratio 1/20
 
 
@@ -72,6 +74,7 @@ class Sweep:
 
     net: ClassifierNet
     stage: Stage
+    end_lr: float
     before: dict[str, Any]
     after: dict[str, Any]
     result: LRFinderResult
@@ -82,7 +85,7 @@ class Sweep:
     group_lrs: list[list[tuple[float, float]]] = field(default_factory=list)  # per step: (lr, lr_scale) per group
 
 
-def _sweep(net: ClassifierNet, dataset: ImageDataset, stage: Stage, **options: Any) -> Sweep:
+def _sweep(net: ClassifierNet, dataset: ImageDataset, stage: Stage, *, end_lr: float) -> Sweep:
     before = _snapshot(net)
     classifier = net.model.get_classifier()
     head_names = {f"model.{name}" for name in ("classifier.weight", "classifier.bias")}
@@ -103,12 +106,12 @@ def _sweep(net: ClassifierNet, dataset: ImageDataset, stage: Stage, **options: A
     rng = torch.get_rng_state()
     handles = [classifier.register_forward_pre_hook(inspect_before_head), register_optimizer_step_pre_hook(record_lrs)]
     try:
-        result = find_learning_rate(net, dataset, stage=stage, start_lr=START_LR, end_lr=END_LR, num_steps=STEPS,
-                                    batch_size=8, **options)
+        result = find_learning_rate(net, dataset, stage=stage, start_lr=START_LR, end_lr=end_lr, num_steps=STEPS,
+                                    batch_size=8)
     finally:
         for handle in handles:
             handle.remove()
-    return Sweep(net, stage, before, _snapshot(net), result, torch.equal(rng, torch.get_rng_state()), **seen)
+    return Sweep(net, stage, end_lr, before, _snapshot(net), result, torch.equal(rng, torch.get_rng_state()), **seen)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,7 @@ def unfrozen_sweep(dataset: ImageDataset) -> Sweep:
     net.freeze_backbone(True)
     net.eval()
     net.model.get_classifier().weight.grad = torch.full_like(net.model.get_classifier().weight, 0.5)
-    return _sweep(net, dataset, ALL_STAGE)
+    return _sweep(net, dataset, ALL_STAGE, end_lr=UNFROZEN_END_LR)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +135,7 @@ def frozen_sweep(dataset: ImageDataset) -> Sweep:
     """The head swept with the backbone frozen, starting from an unfrozen net in train mode."""
     net = _net()
     net.train()
-    return _sweep(net, dataset, HEAD_STAGE)
+    return _sweep(net, dataset, HEAD_STAGE, end_lr=END_LR)
 
 
 @pytest.mark.parametrize("which", ["unfrozen_sweep", "frozen_sweep"])
@@ -148,16 +151,16 @@ def test_network_is_restored(which: str, request: pytest.FixtureRequest) -> None
 
 
 def test_learning_rates_are_exponentially_spaced(unfrozen_sweep: Sweep, frozen_sweep: Sweep) -> None:
-    factor = (END_LR / START_LR) ** (1 / (STEPS - 1))
-    for result in (unfrozen_sweep.result, frozen_sweep.result):
+    for sweep in (unfrozen_sweep, frozen_sweep):
+        result, factor = sweep.result, (sweep.end_lr / START_LR) ** (1 / (STEPS - 1))
         lrs = result.learning_rates
         assert len(lrs) == len(result.losses) == len(result.smoothed_losses) >= 10
         assert lrs[0] == pytest.approx(START_LR, rel=1e-12)
-        assert [b / a for a, b in zip(lrs, lrs[1:])] == pytest.approx([factor] * (len(lrs) - 1), rel=1e-9)
+        assert [b / a for a, b in itertools.pairwise(lrs)] == pytest.approx([factor] * (len(lrs) - 1), rel=1e-9)
         if result.stopped_early:
             assert len(lrs) < STEPS
         else:
-            assert len(lrs) == STEPS and lrs[-1] == pytest.approx(END_LR, rel=1e-9)
+            assert len(lrs) == STEPS and lrs[-1] == pytest.approx(sweep.end_lr, rel=1e-9)
 
 
 def test_losses_are_smoothed_with_bias_correction(unfrozen_sweep: Sweep) -> None:
@@ -172,7 +175,7 @@ def test_losses_are_smoothed_with_bias_correction(unfrozen_sweep: Sweep) -> None
 
 
 def test_unfrozen_sweep_diverges_and_stops_early(unfrozen_sweep: Sweep) -> None:
-    # Up to 10 the whole random-weight network blows up: the sweep stops once the smoothed loss passes 4x its best.
+    # Up to 100 the whole random-weight network blows up: the sweep stops once the smoothed loss passes 4x its best.
     result = unfrozen_sweep.result
     assert result.stopped_early and len(result.learning_rates) < STEPS
     assert result.smoothed_losses[-1] > 4 * min(result.smoothed_losses)
@@ -181,8 +184,9 @@ def test_unfrozen_sweep_diverges_and_stops_early(unfrozen_sweep: Sweep) -> None:
 
 @pytest.mark.parametrize("which", ["unfrozen_sweep", "frozen_sweep"])
 def test_suggestion_is_in_range_where_the_loss_falls(which: str, request: pytest.FixtureRequest) -> None:
-    result: LRFinderResult = request.getfixturevalue(which).result
-    assert START_LR <= result.suggestion <= END_LR
+    sweep: Sweep = request.getfixturevalue(which)
+    result = sweep.result
+    assert START_LR <= result.suggestion <= sweep.end_lr
     assert result.suggestion in result.learning_rates
     assert result.suggestion == suggest_learning_rate(result.learning_rates, result.smoothed_losses)
     index = result.learning_rates.index(result.suggestion)
@@ -205,7 +209,7 @@ def test_frozen_backbone_is_untouched_while_sweeping(frozen_sweep: Sweep) -> Non
 def test_unfrozen_sweep_keeps_discriminative_ratios(unfrozen_sweep: Sweep) -> None:
     result = unfrozen_sweep.result
     assert len(unfrozen_sweep.group_lrs) == len(result.learning_rates)
-    for lr, groups in zip(result.learning_rates, unfrozen_sweep.group_lrs):
+    for lr, groups in zip(result.learning_rates, unfrozen_sweep.group_lrs, strict=True):
         assert [group_lr for group_lr, _ in groups] == pytest.approx([lr * scale for _, scale in groups], rel=1e-12)
     scales = {round(scale, 6) for _, scale in unfrozen_sweep.group_lrs[0]}
     # head 1, last backbone group (1/20)^(1/3), ..., earliest group exactly lr_ratio = 1/20
@@ -216,7 +220,8 @@ def test_same_seed_same_curve(dataset: ImageDataset, frozen_sweep: Sweep) -> Non
     runs = [find_learning_rate(_net(), dataset, stage=HEAD_STAGE, num_steps=10, batch_size=8, seed=3)
             for _ in range(2)]
     assert runs[0].losses == runs[1].losses and runs[0].suggestion == runs[1].suggestion
-    # The frozen sweep used seed 0 on the same initial network: its first batch (seen before any update) differs.
+    # The frozen sweep used seed 0 on the same initial network and batch size: its first loss, measured before any
+    # update, differs only because another seed drew other images and other augmentations.
     assert frozen_sweep.result.losses[0] != runs[0].losses[0]
 
 

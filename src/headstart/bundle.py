@@ -22,6 +22,7 @@ from torch import nn
 
 from headstart.backbones.registry import Preprocessing
 from headstart.errors import BundleError
+from headstart.heads import load_sklearn_head, save_sklearn_head
 from headstart.storage import atomic_directory, atomic_save_tensors, atomic_write_json, load_tensors, read_json
 
 __all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle", "library_versions"]
@@ -29,11 +30,13 @@ __all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle", "lib
 BUNDLE_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+HEAD_FILE = "head.skops"
 
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for package in ("headstart", "torch", "torchvision", "timm", "safetensors", "lightning-fabric", "numpy", "pillow"):
+    for package in ("headstart", "torch", "torchvision", "timm", "safetensors", "lightning-fabric", "numpy", "pillow",
+                    "scikit-learn", "skops"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -48,6 +51,7 @@ class Bundle:
     path: Path
     model: nn.Module
     config: dict[str, Any]
+    head: Any = None  # a scikit-learn head on the model's pooled features, when the bundle has one
 
     @property
     def classes(self) -> list[str]:
@@ -58,11 +62,12 @@ class Bundle:
         return Preprocessing.from_dict(self.config["preprocessing"])
 
 
-def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any]) -> Path:
+def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any], *, head: Any = None) -> Path:
     """Write ``model`` (a timm classifier) and ``config`` to the folder ``path``, replacing it atomically.
 
     ``config`` must hold ``architecture``, ``classes`` and ``preprocessing``; format and library versions
-    are added here.
+    are added here. A scikit-learn ``head`` (on the backbone's pooled features; the model then has no
+    classifier) is written as ``head.skops``: JSON and numpy arrays in a zip, no pickle.
     """
     missing = [key for key in ("architecture", "classes", "preprocessing") if key not in config]
     if missing:
@@ -77,6 +82,8 @@ def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str
     }
     with atomic_directory(path) as temporary:
         atomic_save_tensors(temporary / WEIGHTS_FILE, model.state_dict(), metadata={"format": "pt"})
+        if head is not None:
+            save_sklearn_head(head, temporary / HEAD_FILE)
         atomic_write_json(temporary / CONFIG_FILE, full)
     return Path(path)
 
@@ -115,8 +122,16 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
     missing = [key for key in ("architecture", "classes", "preprocessing", "backbone") if key not in config]
     if missing:
         raise BundleError(f"{config_file} lacks {missing}.", fix="Re-save the model; the config is incomplete.")
+    head_config = config.get("head") or {"kind": "linear"}
+    head = None
+    if head_config.get("kind") == "sklearn":
+        if not (path / HEAD_FILE).is_file():
+            raise BundleError(f"{path} has a scikit-learn head in its config but no {HEAD_FILE}.",
+                              fix="The folder is incomplete; re-save the model.")
+        head = load_sklearn_head(path / HEAD_FILE)
+    num_classes = int(head_config.get("backbone_classes", len(config["classes"])))
     try:
-        model = timm.create_model(config["architecture"], pretrained=False, num_classes=len(config["classes"]))
+        model = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes)
         model.load_state_dict(load_tensors(weights_file))
     except (RuntimeError, OSError, SafetensorError) as error:
         raise BundleError(
@@ -125,4 +140,4 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
             fix="The folder may be damaged or mixed from two models; re-save it.",
         ) from None
     model.eval().to(device)
-    return Bundle(path=path, model=model, config=config)
+    return Bundle(path=path, model=model, config=config, head=head)

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from headstart.backbones import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
 from headstart.bundle import load_bundle, save_bundle
+from headstart.calibration import apply_temperature, calibration_report, fit_temperature, plot_reliability_diagram
 from headstart.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DatasetSplits,
@@ -35,9 +36,14 @@ from headstart.evaluate import classification_metrics, format_summary
 from headstart.inference import predict_files
 from headstart.plots import plot_confusion_matrix, plot_training_curves
 from headstart.storage import atomic_write_json, atomic_write_text
+from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, view_names
+from headstart.heads import HEADS
 from headstart.strategies import STRATEGIES
 
 __all__ = ["ImageClassifier", "frozen_feature_size", "print_skipped"]
+
+# Temperature scaling needs a validation set with some errors to say anything about confidence.
+MIN_CALIBRATION_IMAGES = 30
 
 
 def frozen_feature_size(pretrained_size: int) -> int:
@@ -61,7 +67,11 @@ class ImageClassifier:
 
     Args:
         backbone: a name from ``headstart backbones`` or ``timm:<model>``.
-        strategy: ``auto`` (chosen from the dataset size), ``linear_probe``, ``fine_tune`` or ``full``.
+        strategy: ``auto`` (chosen from the dataset size), ``linear_probe``, ``fine_tune``, ``gradual_unfreeze``,
+            ``lp_ft`` or ``full`` (see :mod:`headstart.strategies`).
+        head: ``linear`` (a linear layer; with a frozen backbone solved on cached features), or a scikit-learn
+            head on frozen features: ``logistic``, ``linear_svm``, ``rbf_svm``, ``random_forest``, ``knn``
+            (hyper-parameters chosen by cross-validation on the training images; implies ``linear_probe``).
         epochs: epochs of the main stage (``fine_tune``: unfrozen epochs, after one head stage); ``None``
             chooses from the dataset size. A frozen head on cached features is solved in one step.
         weights: ``auto`` (first reachable pretrained source), ``random``, or a checkpoint file.
@@ -82,6 +92,16 @@ class ImageClassifier:
         num_workers: image-decoding processes; ``None`` chooses from the machine.
         max_image_pixels: larger images are skipped as possible decompression bombs.
         allow_download: whether a hub download may be tried when no local weights exist.
+        lr_mult: discriminative learning rates: each backbone layer group learns ``lr_mult`` times as fast as
+            the group after it (``None``: the strategy's default).
+        augmented_views: random augmented crops per training image cached (with the centre crop and its mirror)
+            for heads on frozen features: augmentation without running the backbone every epoch.
+        runtime: frozen-feature runtime: ``auto`` (fastest available, checked against torch), ``openvino``,
+            ``onnxruntime`` or ``torch``.
+        cache_dir: feature store folder; ``None``: ``$HEADSTART_CACHE`` or ``~/.cache/headstart``; ``"off"``:
+            no caching.
+        calibrate: fit a temperature on the validation predictions (temperature scaling); predicted
+            probabilities are then calibrated (the predicted class never changes).
         progress: show progress bars and per-epoch lines.
     """
 
@@ -90,6 +110,7 @@ class ImageClassifier:
         backbone: str = DEFAULT_BACKBONE,
         *,
         strategy: str = "auto",
+        head: str = "linear",
         epochs: int | None = None,
         weights: str | os.PathLike[str] = "auto",
         lr: float | None = None,
@@ -109,10 +130,16 @@ class ImageClassifier:
         num_workers: int | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         allow_download: bool = True,
+        lr_mult: float | None = None,
+        augmented_views: int = 0,
+        runtime: str = "auto",
+        cache_dir: str | os.PathLike[str] | None = None,
+        calibrate: bool = True,
         progress: bool = True,
     ) -> None:
         self.backbone = backbone
         self.strategy = strategy
+        self.head = head
         self.epochs = epochs
         self.weights = weights
         self.lr = lr
@@ -132,6 +159,11 @@ class ImageClassifier:
         self.num_workers = num_workers
         self.max_image_pixels = max_image_pixels
         self.allow_download = allow_download
+        self.lr_mult = lr_mult
+        self.augmented_views = augmented_views
+        self.runtime = runtime
+        self.cache_dir = cache_dir
+        self.calibrate = calibrate
         self.progress = progress
 
     # -- scikit-learn conventions -------------------------------------------------------------------------
@@ -160,6 +192,17 @@ class ImageClassifier:
             )
 
         check_choice("ImageClassifier", "strategy", self.strategy, ("auto", *STRATEGIES))
+        check_choice("ImageClassifier", "head", self.head, HEADS)
+        check_choice("ImageClassifier", "runtime", self.runtime, RUNTIMES)
+        if self.head != "linear" and self.strategy not in ("auto", "linear_probe"):
+            raise ParameterError(
+                f"The head {self.head!r} is a scikit-learn model on frozen features, so it cannot be trained with"
+                f" strategy={self.strategy!r} (which updates the backbone).",
+                fix="Use strategy='linear_probe' (or 'auto') with a scikit-learn head, or head='linear'.")
+        if not isinstance(self.augmented_views, int) or not 0 <= self.augmented_views <= 32:
+            raise bad("augmented_views", "an integer in [0, 32]")
+        if self.lr_mult is not None and (not isinstance(self.lr_mult, (int, float)) or not 0 < self.lr_mult <= 1):
+            raise bad("lr_mult", "a number in (0, 1] or None")
         get_backbone_spec(self.backbone)
         for name in ("batch_size", "devices", "max_image_pixels"):
             value = getattr(self, name)
@@ -227,7 +270,11 @@ class ImageClassifier:
 
         strategy, epochs = self.strategy, self.epochs
         n_train = len(splits.train)
-        if strategy == "auto":
+        if strategy == "auto" and self.head != "linear":
+            strategy = "linear_probe"
+            console.print(f"[bold]Strategy[/bold] linear_probe (the {self.head} head works on frozen features).",
+                          highlight=False)
+        elif strategy == "auto":
             strategy, reason = choose_strategy(n_train)
             console.print(f"[bold]Strategy[/bold] {strategy} ({reason}).", highlight=False)
         if epochs is None:
@@ -237,10 +284,11 @@ class ImageClassifier:
             if epochs != 1:
                 console.print(f"Note: epochs={epochs} is ignored: the linear head is solved on cached features.")
                 epochs = 1
-            console.print("Linear probe: the head is solved on cached frozen features.")
+            console.print("Linear probe: the head is solved on cached frozen features." if self.head == "linear" else
+                          f"Frozen features + scikit-learn {self.head} head, chosen by cross-validation.")
         else:
             console.print(f"Epochs: {epochs}" + (" unfrozen, after one frozen head stage." if strategy == "fine_tune" else "."))
-        stages = plan_stages(strategy, epochs, lr=self.lr)
+        stages = plan_stages(strategy, epochs, lr=self.lr, lr_mult=self.lr_mult)
 
         spec = get_backbone_spec(self.backbone)
         preprocessing = spec.preprocessing()
@@ -276,6 +324,10 @@ class ImageClassifier:
             for flip in (False, True)
         ]
 
+        views = view_names(self.augmented_views)
+        extractor = self._feature_extractor(model, preprocessing, spec.architecture, console=console,
+                                            cache_features=True)
+
         run_config = {
             "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in self.get_params().items()},
             "data": str(Path(data).resolve()), "val": None if val is None else str(Path(val).resolve()),
@@ -291,13 +343,20 @@ class ImageClassifier:
                 atomic_write_json(run_dir / "config.json", run_config)
             atomic_write_json(run_dir / "data.json", splits.summary())
 
-        state, fabric, best_probabilities = train_classifier(
-            net, train_set, val_set=val_set, stages=stages, config=config, run_dir=run_dir, resume=resume,
-            class_counts=list(splits.train.class_counts().values()), console=console, progress=self.progress,
-            frozen_views=frozen_views,
-        )
-        self.is_main_process_ = fabric.is_global_zero
-        self.processes_ = fabric.world_size
+        self.head_ = None
+        if self.head != "linear":
+            state, best_probabilities = self._fit_sklearn_head(extractor, splits, views, console)
+            model.reset_classifier(0)
+            self.is_main_process_, self.processes_ = True, 1
+        else:
+            state, fabric, best_probabilities = train_classifier(
+                net, train_set, val_set=val_set, stages=stages, config=config, run_dir=run_dir, resume=resume,
+                class_counts=list(splits.train.class_counts().values()), console=console, progress=self.progress,
+                frozen_views=frozen_views, extractor=extractor, view_names=views,
+            )
+            self.is_main_process_ = fabric.is_global_zero
+            self.processes_ = fabric.world_size
+        self.features_report_ = extractor.report.to_dict() if extractor is not None else None
         self.model_ = net.model.cpu().to(memory_format=torch.contiguous_format).eval()
         self.classes_ = list(splits.classes)
         self.preprocessing_ = preprocessing
@@ -312,8 +371,22 @@ class ImageClassifier:
         self.stages_ = [s.to_dict() for s in stages]
 
         # The restored epoch's validation predictions are kept by the loop; recompute only after a resume.
+        self.temperature_ = 1.0
         probabilities = best_probabilities if best_probabilities is not None else self.predict_proba(splits.val.paths)
         self.metrics_ = classification_metrics(splits.val.labels, probabilities, classes=self.classes_, seed=self.seed)
+        self.calibration_ = None
+        val_errors = int((probabilities.argmax(1) != np.asarray(splits.val.labels)).sum())
+        if self.calibrate and (len(splits.val) < MIN_CALIBRATION_IMAGES or val_errors == 0):
+            # With no validation error the NLL falls as the temperature falls, so the fit would only make the
+            # model more confident; with a handful of images the fitted temperature is noise.
+            console.print(f"Calibration skipped: {len(splits.val)} validation images, {val_errors} errors (needs >="
+                          f" {MIN_CALIBRATION_IMAGES} images and at least one error).", highlight=False)
+        elif self.calibrate:
+            self.temperature_ = fit_temperature(probabilities, np.asarray(splits.val.labels))
+            self.calibration_ = calibration_report(probabilities, np.asarray(splits.val.labels),
+                                                   temperature=self.temperature_)
+            self.calibration_["fitted_on"] = "validation (the ECE after scaling is optimistic there; evaluate on a test set)"
+            self._val_for_plot = (probabilities, np.asarray(splits.val.labels))
         self.metrics_["split"] = "validation"
         self.metrics_["model_selection"] = (
             f"best epoch ({state.best_epoch} of {len(state.history)}) chosen by {config.monitor} on this validation"
@@ -326,6 +399,49 @@ class ImageClassifier:
         if run_dir is not None and self.is_main_process_:
             self._write_run(run_dir, splits.skipped, console)
         return self
+
+    def _feature_extractor(self, model: torch.nn.Module, preprocessing: Preprocessing, architecture: str, *,
+                           console: Console, cache_features: bool) -> FeatureExtractor | None:
+        """Frozen features through the store and the fastest runtime (one CPU process only)."""
+        if self.devices > 1 or self.accelerator not in ("auto", "cpu") or (
+                self.accelerator == "auto" and torch.cuda.is_available()):
+            return None
+        store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
+        return FeatureExtractor(model, preprocessing=preprocessing, architecture=architecture, store=store,
+                                cache_features=cache_features, runtime=self.runtime, batch_size=self.batch_size,
+                                num_workers=self.num_workers, progress=self.progress, console=console,
+                                max_pixels=self.max_image_pixels,
+                                warn=lambda message: console.print(f"[yellow]Warning:[/yellow] {message}"))
+
+    def _fit_sklearn_head(self, extractor: FeatureExtractor | None, splits: DatasetSplits, views: list[str],
+                          console: Console) -> tuple[Any, np.ndarray]:
+        """Frozen features of every view -> a scikit-learn head chosen by CV; one history record."""
+        from headstart.evaluate import log_loss
+        from headstart.heads import fit_sklearn_head
+        from headstart.train import TrainState
+
+        if extractor is None:
+            raise ParameterError(f"The scikit-learn head {self.head!r} runs on the CPU in one process.",
+                                 fix="Use devices=1 and accelerator='cpu' with a scikit-learn head.")
+        started = time.perf_counter()
+        train = np.concatenate([extractor.extract(splits.train.paths, view=v) for v in views])
+        labels = np.tile(np.asarray(splits.train.labels), len(views))
+        val = extractor.extract(splits.val.paths)
+        console.print(f"Frozen {extractor.report.describe()}; views {', '.join(views)}.", highlight=False)
+        fit = fit_sklearn_head(self.head, train, labels, n_views=len(views), class_weight=self.class_weights,
+                               seed=self.seed)
+        self.head_ = fit.estimator
+        train_probabilities = fit.estimator.predict_proba(train[: len(splits.train)])
+        probabilities = fit.estimator.predict_proba(val)
+        val_labels = np.asarray(splits.val.labels)
+        record = {"epoch": 1, "stage": "head", "train_loss": log_loss(train_probabilities, labels[: len(splits.train)]),
+                  "train_accuracy": float((train_probabilities.argmax(1) == labels[: len(splits.train)]).mean()),
+                  "val_loss": log_loss(probabilities, val_labels),
+                  "val_accuracy": float((probabilities.argmax(1) == val_labels).mean()), "lr": 0.0,
+                  "head_selection": fit.summary(), "seconds": round(time.perf_counter() - started, 2)}
+        console.print(f"{self.head} head: {fit.params or 'defaults'} ({fit.summary()['selection']});"
+                      f" val acc {record['val_accuracy']:.3f}", highlight=False)
+        return TrainState(epoch=1, best_epoch=1, history=[record], finished=True), probabilities
 
     def _print_data(self, console: Console, splits: DatasetSplits) -> None:
         console.print(f"[bold]Data[/bold] {splits.split}", highlight=False)
@@ -352,18 +468,34 @@ class ImageClassifier:
         plot_training_curves(self.history_, run_dir / "curves.png", best_epoch=self.best_epoch_)
         plot_confusion_matrix(self.metrics_["confusion_matrix"], run_dir / "confusion_matrix.png", classes=self.classes_,
                               title="Confusion matrix (validation)")
+        calibration_line = ""
+        if self.calibration_ is not None:
+            metrics["calibration"] = self.calibration_
+            atomic_write_json(run_dir / "metrics.json", metrics)
+            before, labels = self._val_for_plot
+            plot_reliability_diagram(before, apply_temperature(before, self.temperature_), labels,
+                                     run_dir / "reliability.png", title="Reliability (validation)")
+            calibration_line = (f"calibration: temperature {self.temperature_:.3f} fitted on validation; ECE"
+                                f" {self.calibration_['ece_before']:.4f} -> {self.calibration_['ece_after']:.4f},"
+                                f" NLL {self.calibration_['nll_before']:.4f} -> {self.calibration_['nll_after']:.4f}\n")
+        if self.features_report_ is not None:
+            metrics["features"] = self.features_report_
+            atomic_write_json(run_dir / "metrics.json", metrics)
         summary = (
             f"headstart run {run_dir}\n"
             f"backbone {self.backbone_spec_['name']} ({self.backbone_spec_['weights']}), strategy {self.strategy_},"
             f" {len(self.history_)} of {self.epochs_} epochs, best epoch {self.best_epoch_}, {self.fit_seconds_}s\n"
             f"validation ({self.metrics_['model_selection']}):\n{format_summary(self.metrics_)}\n"
+            + calibration_line +
             f"skipped files: {len(skipped)}\n"
             + "".join(f"  {s.path}: {s.reason}\n" for s in skipped)
         )
         atomic_write_text(run_dir / "summary.txt", summary)
         console.print(f"\n[bold]Validation[/bold] (best epoch {self.best_epoch_})\n{format_summary(self.metrics_)}")
+        if calibration_line:
+            console.print(calibration_line.strip(), highlight=False)
         console.print(f"\nModel: {model_dir}\nRun folder: {run_dir} (config.json, metrics.json, history.json,"
-                      f" curves.png, confusion_matrix.png, summary.txt, data.json)")
+                      f" curves.png, confusion_matrix.png, reliability.png, summary.txt, data.json)")
 
     # -- prediction and evaluation ---------------------------------------------------------------------------
     def predict_proba(self, images: Sequence[str | os.PathLike[str]], *, batch_size: int | None = None) -> np.ndarray:
@@ -378,9 +510,29 @@ class ImageClassifier:
             images = [images]
         if len(images) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
-        return predict_files(self.model_, list(images), preprocessing=self.preprocessing_,
-                             batch_size=batch_size or self.batch_size,
-                             num_workers=self.num_workers, max_pixels=self.max_image_pixels)
+        if getattr(self, "head_", None) is not None or self.strategy_ == "linear_probe":
+            # the backbone is the frozen pretrained one: run it through the fast feature runtime
+            if getattr(self, "_predict_extractor", None) is None:
+                self._predict_extractor = self._feature_extractor(
+                    self.model_, self.preprocessing_, self.backbone_spec_["architecture"],
+                    console=Console(quiet=True), cache_features=False)
+        else:
+            self._predict_extractor = None
+        if self._predict_extractor is not None:
+            self._predict_extractor.batch_size = batch_size or self.batch_size
+            features = self._predict_extractor.extract(list(images))
+            if self.head_ is not None:
+                probabilities = self.head_.predict_proba(features).astype(np.float32)
+            else:
+                with torch.no_grad():
+                    logits = self.model_.get_classifier()(torch.from_numpy(features))
+                probabilities = torch.softmax(logits.float(), dim=1).numpy()
+        else:
+            probabilities = predict_files(self.model_, list(images), preprocessing=self.preprocessing_,
+                                          batch_size=batch_size or self.batch_size,
+                                          num_workers=self.num_workers, max_pixels=self.max_image_pixels)
+        temperature = getattr(self, "temperature_", 1.0)
+        return probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature).astype(np.float32)
 
     def predict(self, images: Sequence[str | os.PathLike[str]]) -> list[str]:
         """The most probable class name for each image."""
@@ -447,8 +599,12 @@ class ImageClassifier:
             "training": self.train_config_,
             "history": self.history_,
             "metrics": getattr(self, "metrics_", None),
+            "temperature": getattr(self, "temperature_", 1.0),
+            "calibration": getattr(self, "calibration_", None),
+            "head": ({"kind": "linear"} if getattr(self, "head_", None) is None else
+                     {"kind": "sklearn", "name": self.head, "backbone_classes": 0}),
         }
-        return save_bundle(path, self.model_, config)
+        return save_bundle(path, self.model_, config, head=getattr(self, "head_", None))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "ImageClassifier":
@@ -472,6 +628,9 @@ class ImageClassifier:
         classifier.backbone_spec_ = config["backbone"]
         classifier.train_config_ = config.get("training", {})
         classifier.metrics_ = config.get("metrics")
+        classifier.temperature_ = float(config.get("temperature", 1.0))
+        classifier.calibration_ = config.get("calibration")
+        classifier.head_ = bundle.head
         classifier.skipped_ = []
         classifier.is_main_process_ = True
         return classifier

@@ -27,7 +27,7 @@ error_console = Console(stderr=True)
 
 
 RUN_FILES = ("checkpoints", "model", "config.json", "data.json", "metrics.json", "history.json", "curves.png",
-             "confusion_matrix.png", "summary.txt")
+             "confusion_matrix.png", "reliability.png", "summary.txt")
 
 
 def _fail(error: HeadstartError) -> None:
@@ -43,7 +43,8 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<data folder name>).")] = None,
     val: Annotated[Optional[Path], typer.Option(help="Validation folder (default: DATA/val or a stratified hold-out).")] = None,
     backbone: Annotated[str, typer.Option(help="Backbone name (see `headstart backbones`) or timm:<model>.")] = DEFAULT_BACKBONE,
-    strategy: Annotated[str, typer.Option(help="auto, linear_probe, fine_tune or full.")] = "auto",
+    strategy: Annotated[str, typer.Option(help="auto, linear_probe, fine_tune, gradual_unfreeze, lp_ft or full.")] = "auto",
+    head: Annotated[str, typer.Option(help="linear, or a scikit-learn head on frozen features: logistic, linear_svm, rbf_svm, random_forest, knn.")] = "linear",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs of the main stage (fine_tune: unfrozen epochs after one head stage; a linear probe is solved, not trained for epochs). Default: from the dataset size.")] = None,
     weights: Annotated[str, typer.Option(help="auto, random, or a local checkpoint FILE.")] = "auto",
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the head.")] = None,
@@ -58,6 +59,11 @@ def train(
     accelerator: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="32-true, 16-mixed or bf16-mixed.")] = "32-true",
     num_workers: Annotated[Optional[int], typer.Option(help="Image-decoding worker processes.")] = None,
+    lr_mult: Annotated[Optional[float], typer.Option(help="Discriminative learning rates: each earlier layer group learns this many times as fast as the next (e.g. 0.3).")] = None,
+    augmented_views: Annotated[int, typer.Option(help="Random augmented crops per training image cached for heads on frozen features.")] = 0,
+    runtime: Annotated[str, typer.Option(help="Frozen-feature runtime: auto, openvino, onnxruntime or torch.")] = "auto",
+    cache_dir: Annotated[Optional[str], typer.Option(help="Feature store folder (default $HEADSTART_CACHE or ~/.cache/headstart; 'off' disables).")] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a temperature on validation predictions.")] = True,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last checkpoint.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars or epoch lines.")] = False,
@@ -107,10 +113,11 @@ def train(
                 elif target.exists():
                     target.unlink()
         classifier = ImageClassifier(
-            backbone, strategy=strategy, epochs=epochs, weights=weights, lr=lr, batch_size=batch_size,
+            backbone, strategy=strategy, head=head, epochs=epochs, weights=weights, lr=lr, batch_size=batch_size,
             image_size=image_size, patience=patience or None, monitor=monitor, class_weights=class_weights,
             seed=seed, val_fraction=val_fraction, devices=devices, accelerator=accelerator, precision=precision,
-            num_workers=num_workers, progress=not quiet,
+            num_workers=num_workers, lr_mult=lr_mult, augmented_views=augmented_views, runtime=runtime,
+            cache_dir=cache_dir, calibrate=calibrate, progress=not quiet,
         )
         classifier.fit(data, val=val, out=out)
     except HeadstartError as error:

@@ -1,4 +1,4 @@
-"""Heads fitted on cached frozen features.
+"""Heads fitted on cached frozen features: the solved linear head, and scikit-learn heads.
 
 A linear probe on frozen features is a convex problem, so instead of running SGD epochs it is solved to
 convergence: multinomial logistic regression with an L2 penalty, by full-batch L-BFGS. The penalty is chosen on
@@ -16,7 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LinearHeadFit", "fit_linear_head", "L2_GRID"]
+__all__ = [
+    "HEADS",
+    "SKLEARN_HEADS",
+    "L2_GRID",
+    "LinearHeadFit",
+    "SklearnHeadFit",
+    "fit_linear_head",
+    "fit_sklearn_head",
+    "save_sklearn_head",
+    "load_sklearn_head",
+]
 
 # Penalty on 0.5 * ||W||^2 added to the mean cross-entropy; features of ImageNet CNNs have norms of ~10-30.
 L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -119,3 +129,184 @@ def fit_linear_head(
         chosen = grid[len(grid) // 2]
     weight, bias = _solve(features, labels, n_classes, chosen, class_weight)
     return LinearHeadFit(weight=weight.float(), bias=bias.float(), l2=chosen, cv=table, folds=folds_used if table else 0)
+
+
+# -- scikit-learn heads ---------------------------------------------------------------------------------------
+#
+# The "frozen features + SVM / random forest" recipe. Each head has sensible defaults and a small grid searched
+# by stratified k-fold cross-validation on the training images only; all views of one image (centre crop,
+# mirror, augmented crops) stay in one fold, so no held-out image is ever seen mirrored in training.
+
+SKLEARN_HEADS = ("logistic", "linear_svm", "rbf_svm", "random_forest", "knn")
+HEADS = ("linear", *SKLEARN_HEADS)
+HEAD_FILE_TYPES = frozenset({  # the only non-default types a saved head may contain (checked on load)
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.tree._tree.Tree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+})
+
+
+@dataclass
+class SklearnHeadFit:
+    """A fitted scikit-learn head (``estimator.predict_proba(features)``) and how it was chosen."""
+
+    name: str
+    estimator: Any
+    params: dict[str, Any]
+    cv: list[dict[str, Any]] = field(default_factory=list)
+    folds: int = 0
+    scoring: str = "accuracy"
+
+    def summary(self) -> dict[str, Any]:
+        return {"head": self.name, "params": self.params, "cv": self.cv,
+                "selection": f"{self.folds}-fold CV {self.scoring} on the training images" if self.folds else
+                "defaults (too few images per class for cross-validation)"}
+
+
+def _sklearn_candidates(name: str, *, n_train: int, balanced: bool, seed: int) -> tuple[Any, dict[str, list[Any]]]:
+    """The estimator (a Pipeline) and its parameter grid."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+    from sklearn.svm import SVC, LinearSVC
+
+    weight = "balanced" if balanced else None
+    if name == "logistic":
+        return (Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(max_iter=3000, class_weight=weight))]),
+                {"model__C": [0.01, 0.1, 1.0, 10.0]})
+    if name == "linear_svm":
+        return (Pipeline([("scale", StandardScaler()),
+                          ("model", LinearSVC(max_iter=20000, class_weight=weight, random_state=seed))]),
+                {"model__C": [1e-4, 1e-3, 1e-2, 1e-1]})
+    if name == "rbf_svm":
+        return (Pipeline([("scale", StandardScaler()), ("model", SVC(kernel="rbf", gamma="scale", class_weight=weight))]),
+                {"model__C": [0.3, 1.0, 3.0, 10.0]})
+    if name == "random_forest":
+        return (RandomForestClassifier(n_estimators=300, class_weight=weight, n_jobs=-1, random_state=seed),
+                {"max_features": ["sqrt", 0.05], "min_samples_leaf": [1, 3]})
+    # knn: cosine neighbours (L2-normalised features), the usual metric for CNN embeddings
+    neighbours = sorted({k for k in (1, 5, 10, 20) if k < max(2, n_train // 2)}) or [1]
+    return (Pipeline([("normalize", Normalizer()),
+                      ("model", KNeighborsClassifier(algorithm="brute", weights="distance"))]),
+            {"model__n_neighbors": neighbours})
+
+
+def fit_sklearn_head(
+    name: str,
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_views: int = 1,
+    class_weight: bool = False,
+    n_folds: int = 5,
+    seed: int = 0,
+) -> SklearnHeadFit:
+    """Fit one of :data:`SKLEARN_HEADS` on features, choosing its hyper-parameters by cross-validation.
+
+    Args:
+        name: ``logistic``, ``linear_svm``, ``rbf_svm``, ``random_forest`` or ``knn``.
+        features: (n_views * n_images, dim), view-major (rows ``v * n_images + i`` are views of image ``i``).
+        labels: matching class indices.
+        n_views: views per image; views of one image share a fold.
+        class_weight: weight classes by inverse frequency and select by balanced accuracy (imbalanced data).
+        n_folds: folds (reduced when the smallest class has fewer images).
+        seed: fold assignment and the estimators' randomness.
+
+    Returns:
+        The estimator refitted on all rows with the chosen parameters (SVMs wrapped in Platt scaling so they
+        give probabilities), with the CV table.
+
+    Raises:
+        ParameterError: unknown ``name``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.concatenate([rng.normal(0, 1, (20, 4)), rng.normal(3, 1, (20, 4))]); y = np.repeat([0, 1], 20)
+    >>> fit = fit_sklearn_head("knn", x, y)
+    >>> fit.estimator.predict_proba(x[:1]).shape, fit.folds
+    ((1, 2), 5)
+    """
+    from sklearn.base import clone
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import GridSearchCV
+
+    from headstart.errors import check_choice
+
+    check_choice("fit_sklearn_head", "head", name, SKLEARN_HEADS)
+    features = np.asarray(features, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    n_images = len(labels) // n_views
+    image_labels = labels[:n_images]
+    smallest = int(np.bincount(image_labels)[np.unique(image_labels)].min())
+    folds_used = max(2, min(n_folds, smallest))
+    estimator, grid = _sklearn_candidates(name, n_train=n_images, balanced=class_weight, seed=seed)
+    scoring = "balanced_accuracy" if class_weight else "accuracy"
+    table: list[dict[str, Any]] = []
+    params: dict[str, Any] = {}
+    if smallest >= 2:
+        fold = np.tile(_folds(image_labels, folds_used, seed), n_views)
+        # score held-out images on their plain view only: extra views are training augmentation
+        test_fold = np.where(np.arange(len(labels)) < n_images, fold, -1)
+        splits = [(np.flatnonzero(fold != k), np.flatnonzero(test_fold == k)) for k in range(folds_used)]
+        search = GridSearchCV(estimator, grid, scoring=scoring, cv=splits, n_jobs=1, refit=False)
+        search.fit(features, labels)
+        results = search.cv_results_
+        table = [{"params": {k: _plain(v) for k, v in p.items()}, "cv_score": float(m), "std": float(s)}
+                 for p, m, s in zip(results["params"], results["mean_test_score"], results["std_test_score"])]
+        params = {k: _plain(v) for k, v in search.best_params_.items()}
+    final = clone(estimator).set_params(**params)
+    if name in ("linear_svm", "rbf_svm"):
+        # Platt scaling on out-of-fold decision values, one model refitted on everything (ensemble=False)
+        calibration_folds = max(2, min(3, smallest))
+        final = CalibratedClassifierCV(final, method="sigmoid", cv=calibration_folds, ensemble=False)
+    final.fit(features, labels)
+    return SklearnHeadFit(name=name, estimator=final, params=params, cv=table, folds=folds_used if table else 0,
+                          scoring=scoring)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def save_sklearn_head(estimator: Any, path: Any) -> Any:
+    """Write a fitted head with skops (a zip of JSON + numpy arrays, no pickle), atomically."""
+    from pathlib import Path
+
+    import skops.io
+
+    from headstart.storage import atomic_replace, temporary_sibling
+
+    path = Path(path)
+    temporary = temporary_sibling(path)
+    try:
+        skops.io.dump(estimator, temporary)
+        atomic_replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def load_sklearn_head(path: Any) -> Any:
+    """Load a head written by :func:`save_sklearn_head`, refusing any type outside headstart's heads.
+
+    Raises:
+        BundleError: the file is damaged or contains types a headstart head never has.
+    """
+    import skops.io
+
+    from headstart.errors import BundleError
+
+    try:
+        untrusted = skops.io.get_untrusted_types(file=path)
+        unexpected = sorted(set(untrusted) - HEAD_FILE_TYPES)
+        if unexpected:
+            raise BundleError(f"{path} contains types that no headstart head uses: {unexpected}.",
+                              fix="Only load heads saved by headstart; re-train or re-save the model.")
+        return skops.io.load(path, trusted=list(untrusted))
+    except BundleError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any parse failure is a damaged file for the user
+        raise BundleError(f"{path} is not a readable scikit-learn head ({type(error).__name__}: {error}).",
+                          fix="The model folder may be damaged; re-save it.") from None

@@ -1,11 +1,11 @@
 """The learning-rate range test (Leslie Smith, 2015; fastai's ``lr_find``): which peak learning rate to train with.
 
-The test trains for a few dozen mini-batches while the learning rate grows exponentially from tiny to huge,
-and records the loss of each batch. At first the steps are too small to change anything and the loss stays
-flat; then it falls; past the largest usable learning rate it turns up and explodes. A good peak learning
-rate sits inside the fall. The sweep is run on a copy of nothing: it trains the real network, then puts back
-every weight, BatchNorm statistic, ``requires_grad`` flag and train/eval mode, so the caller's network is
-exactly as it was.
+The test trains for up to a hundred mini-batches while the learning rate grows exponentially from tiny to
+huge, and records the loss of each batch. At first the steps are too small to change anything and the loss
+stays flat; then it falls; past the largest usable learning rate it turns up and explodes. A good peak
+learning rate lies inside the fall. The sweep trains the caller's network itself (no copy, so no second model
+in memory), then puts back every weight, BatchNorm statistic, ``requires_grad`` flag, gradient and train/eval
+mode: afterwards the network is exactly as it was.
 """
 
 from __future__ import annotations
@@ -253,7 +253,9 @@ def find_learning_rate(
     losses: list[float] = []
     smoothed: list[float] = []
     stopped_early = False
-    rng_devices = [device] if device.type == "cuda" else []
+    rng_devices: list[int] = []
+    if device.type == "cuda":
+        rng_devices = [torch.cuda.current_device() if device.index is None else device.index]
     try:
         with torch.random.fork_rng(devices=rng_devices):  # seeding here must not reseed the caller's program
             torch.manual_seed(seed)
@@ -310,7 +312,7 @@ def find_learning_rate(
     finally:
         net.load_state_dict(saved_state)
         net.backbone_frozen, net.batchnorm_frozen = saved_frozen
-        for parameter, flag, grad in zip(parameters, saved_flags, saved_grads):
+        for parameter, flag, grad in zip(parameters, saved_flags, saved_grads, strict=True):
             parameter.requires_grad_(flag)
             parameter.grad = grad
         for module, mode in saved_modes:
@@ -353,7 +355,8 @@ def plot_lr_finder(result: LRFinderResult, path: str | os.PathLike[str], *, titl
     axis.set_xlabel("learning rate" + (" (head; earlier layer groups scaled down)" if result.stage == "all" else ""))
     axis.set_ylabel("training loss")
     if title is None:
-        title = f"Learning-rate range test, stage '{result.stage}'" + (" (stopped early)" if result.stopped_early else "")
+        title = f"Learning-rate range test, stage '{result.stage}'"
+        title += " (stopped early)" if result.stopped_early else ""
     axis.set_title(title)
     axis.grid(alpha=0.3, which="both")
     axis.legend()

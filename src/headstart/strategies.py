@@ -5,7 +5,15 @@ A strategy is a list of :class:`Stage` objects. Each one is defined in one place
 - ``linear_probe``: the backbone stays frozen (BatchNorm statistics included); only a new linear head learns.
 - ``fine_tune``: fastai's recipe. Train the new head with the backbone frozen, then unfreeze everything and
   train on with lower learning rates for earlier layer groups (discriminative learning rates).
+- ``gradual_unfreeze``: ULMFiT's gradual unfreezing. The head first, then the last backbone layer group, then
+  the last two, ... one epoch each, then everything; earlier groups learn more slowly (discriminative rates).
+- ``lp_ft``: Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features": the linear head is trained to
+  convergence on cached frozen features (LP), then the whole network is fine-tuned (FT) with one small learning
+  rate and BatchNorm statistics kept, so the backbone's features are moved as little as the task needs.
 - ``full``: train every layer from the start with one learning rate.
+
+Discriminative learning rates: the group ``d`` groups below the head learns at ``lr * lr_mult ** d``
+(``lr_mult`` = 1 gives one rate for all).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ __all__ = [
     "parameter_groups",
 ]
 
-STRATEGIES = ("linear_probe", "fine_tune", "full")
+STRATEGIES = ("linear_probe", "fine_tune", "gradual_unfreeze", "lp_ft", "full")
 # Number of backbone layer groups that get their own learning rate when the backbone is unfrozen.
 N_BACKBONE_GROUPS = 3
 
@@ -48,6 +56,8 @@ class Stage:
             geometrically (1.0 = one learning rate for all).
         freeze_batchnorm: keep BatchNorm layers in eval mode (their statistics fixed) even when the backbone
             trains: with a few hundred images, batch statistics of 32 images are noisier than ImageNet's.
+        trainable_groups: when the backbone is not frozen, how many of its last layer groups train (``None``:
+            all of them); the earlier groups stay frozen (gradual unfreezing).
     """
 
     name: str
@@ -56,12 +66,14 @@ class Stage:
     lr: float
     lr_ratio: float = 1.0
     freeze_batchnorm: bool = False
+    trainable_groups: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, head_epochs: int = 1) -> list[Stage]:
+def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, head_epochs: int = 1,
+                lr_mult: float | None = None) -> list[Stage]:
     """The stages of ``strategy``.
 
     Args:
@@ -72,9 +84,13 @@ def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, head_epo
         head_epochs: ``fine_tune`` only: epochs of the frozen head stage before unfreezing (fastai's
             ``freeze_epochs``). When the training loop caches frozen features, a frozen head stage is solved
             to convergence in one step instead.
+        lr_mult: per-group learning-rate multiplier for unfrozen stages (group ``d`` below the head learns at
+            ``lr * lr_mult ** d``); default: each strategy's own (fine_tune: 1/20 from head to earliest group).
 
     >>> [(s.name, s.epochs, s.freeze_backbone) for s in plan_stages("fine_tune", 6)]
     [('head', 1, True), ('all', 6, False)]
+    >>> [(s.name, s.trainable_groups) for s in plan_stages("gradual_unfreeze", 3)]
+    [('head', None), ('top-1', 1), ('top-2', 2), ('all', None)]
     """
     check_choice("ImageClassifier", "strategy", strategy, STRATEGIES)
     if epochs < 1 or head_epochs < 1:
@@ -83,17 +99,31 @@ def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, head_epo
             f"The '{name}' parameter must be at least 1 for strategy {strategy!r}. Got {value}.",
             fix=f"Pass a positive {name}, or leave it unset to let headstart choose.",
         )
+    if lr_mult is not None and not 0 < lr_mult <= 1:
+        raise ParameterError(f"The 'lr_mult' parameter must be in (0, 1]. Got {lr_mult!r}.",
+                             fix="Pass e.g. 0.3 (each earlier layer group learns 0.3x as fast), or 1 for one rate.")
+
+    def ratio(default: float) -> float:  # earliest group's lr / head lr
+        return default if lr_mult is None else lr_mult ** N_BACKBONE_GROUPS
+
     if strategy == "linear_probe":
         return [Stage("head", epochs, freeze_backbone=True, lr=lr or 3e-3)]
     if strategy == "full":
-        return [Stage("all", epochs, freeze_backbone=False, lr=lr or 5e-4)]
+        return [Stage("all", epochs, freeze_backbone=False, lr=lr or 5e-4, lr_ratio=ratio(1.0))]
+    head_lr = lr or 2e-3
+    head = Stage("head", head_epochs, freeze_backbone=True, lr=head_lr)
+    if strategy == "lp_ft":
+        # one small rate for everything (FT of LP-FT), BatchNorm statistics kept from pretraining
+        return [head, Stage("all", epochs, freeze_backbone=False, lr=head_lr / 20, lr_ratio=ratio(1.0),
+                            freeze_batchnorm=True)]
+    if strategy == "gradual_unfreeze":
+        # one epoch per newly unfrozen group (ULMFiT), BatchNorm of still-frozen groups untouched
+        partial = [Stage(f"top-{k}", 1, freeze_backbone=False, lr=head_lr / 4, lr_ratio=ratio(1 / 20),
+                         freeze_batchnorm=True, trainable_groups=k) for k in range(1, N_BACKBONE_GROUPS)]
+        return [head, *partial, Stage("all", epochs, freeze_backbone=False, lr=head_lr / 4, lr_ratio=ratio(1 / 20))]
     # fine_tune: the head first, then everything, with the earliest layers learning 20x more slowly than the
     # head (fastai's fine_tune: freeze_epochs=1, then slice(lr/100, lr) with its one-cycle schedule).
-    head_lr = lr or 2e-3
-    return [
-        Stage("head", head_epochs, freeze_backbone=True, lr=head_lr),
-        Stage("all", epochs, freeze_backbone=False, lr=head_lr / 4, lr_ratio=1 / 20),
-    ]
+    return [head, Stage("all", epochs, freeze_backbone=False, lr=head_lr / 4, lr_ratio=ratio(1 / 20))]
 
 
 def choose_strategy(n_train: int) -> tuple[str, str]:
@@ -143,12 +173,18 @@ class ClassifierNet(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.01)
                 nn.init.zeros_(module.bias)
 
-    def freeze_backbone(self, frozen: bool, *, freeze_batchnorm: bool = False) -> None:
+    def freeze_backbone(self, frozen: bool, *, freeze_batchnorm: bool = False,
+                        trainable_groups: int | None = None) -> None:
+        """Freeze the whole backbone, or (``trainable_groups=k``) all but its last ``k`` layer groups."""
         self.backbone_frozen = frozen
         self.batchnorm_frozen = freeze_batchnorm
-        head = {id(p) for p in self.model.get_classifier().parameters()}
+        trainable = {id(p) for p in self.model.get_classifier().parameters()}
+        if not frozen:
+            groups, _ = layer_groups(self.model)
+            chosen = groups if trainable_groups is None else groups[len(groups) - trainable_groups:]
+            trainable |= {id(p) for group in chosen for p in group}
         for parameter in self.model.parameters():
-            parameter.requires_grad_(not frozen or id(parameter) in head)
+            parameter.requires_grad_(id(parameter) in trainable)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "ClassifierNet":
@@ -211,10 +247,12 @@ def parameter_groups(net: ClassifierNet, stage: Stage, *, weight_decay: float) -
     scaled: list[tuple[float, list[nn.Parameter]]] = [(1.0, head)]
     if not stage.freeze_backbone:
         n = len(backbone)
+        first = 0 if stage.trainable_groups is None else n - stage.trainable_groups
         for index, params in enumerate(backbone):
             # earliest group -> lr_ratio, last backbone group -> lr_ratio ** (1/n), head -> 1
             scale = stage.lr_ratio ** ((n - index) / n)
-            scaled.append((scale, params))
+            if index >= first:
+                scaled.append((scale, params))
     groups: list[dict[str, Any]] = []
     for scale, params in scaled:
         decay = [p for p in params if p.ndim > 1]

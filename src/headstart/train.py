@@ -39,6 +39,7 @@ from headstart.storage import (
     unflatten_optimizer_state,
 )
 from headstart.evaluate import log_loss
+from headstart.features import FeatureExtractor
 from headstart.heads import fit_linear_head
 from headstart.strategies import ClassifierNet, Stage, parameter_groups
 
@@ -181,10 +182,23 @@ def _make_loader(dataset: ImageDataset, config: TrainConfig, fabric: Fabric, *, 
 
 
 def _cache_features(net: ClassifierNet, views: Sequence[ImageDataset], val_set: ImageDataset, config: TrainConfig,
-                    fabric: Fabric, console: Console, show: bool, channels_last: bool
-                    ) -> tuple[TensorDataset, TensorDataset]:
-    """Run the frozen backbone once over every training view and the validation set."""
+                    fabric: Fabric, console: Console, show: bool, channels_last: bool,
+                    extractor: FeatureExtractor | None, view_names: Sequence[str]) -> tuple[TensorDataset, TensorDataset]:
+    """Frozen-backbone features of every training view and of the validation set, computed once.
+
+    With an ``extractor`` (one CPU process) they come from the feature store and a fast runtime, so a later
+    run on the same images computes nothing; otherwise the backbone runs here over ``views``.
+    """
     started = time.perf_counter()
+    if extractor is not None:
+        train_paths = views[0].paths
+        train = [torch.from_numpy(extractor.extract(train_paths, view=name)) for name in view_names]
+        val = torch.from_numpy(extractor.extract(val_set.paths, view="center"))
+        labels = torch.as_tensor(list(views[0].labels) * len(view_names), dtype=torch.long)
+        if show:
+            console.print(f"Frozen {extractor.report.describe()}; views {', '.join(view_names)}.", highlight=False)
+        return (TensorDataset(torch.cat(train), labels),
+                TensorDataset(val, torch.as_tensor(val_set.labels, dtype=torch.long)))
     total = sum(len(v) for v in views) + len(val_set)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), console=console, transient=True, disable=not show)
@@ -234,6 +248,8 @@ def train_classifier(
     progress: bool = True,
     after_epoch: Callable[[TrainState], None] | None = None,
     frozen_views: Sequence[ImageDataset] | None = None,
+    extractor: FeatureExtractor | None = None,
+    view_names: Sequence[str] = ("center", "mirror"),
 ) -> tuple[TrainState, Fabric, np.ndarray | None]:
     """Train ``net`` through ``stages``; restore the best epoch's weights at the end.
 
@@ -371,16 +387,20 @@ def train_classifier(
     cached: tuple[TensorDataset, TensorDataset] | None = None
     while not state.finished and state.stage_index < len(stages):
         stage = stages[state.stage_index]
-        net.freeze_backbone(stage.freeze_backbone, freeze_batchnorm=stage.freeze_batchnorm)
+        net.freeze_backbone(stage.freeze_backbone, freeze_batchnorm=stage.freeze_batchnorm,
+                           trainable_groups=stage.trainable_groups)
         use_cache = stage.freeze_backbone and bool(frozen_views)
         if use_cache:
             # Frozen backbone + cached features: the linear head is a convex problem, solved to convergence
             # in one step (penalty chosen by cross-validation on the training images), not over epochs.
+            use_extractor = extractor is not None and fabric.world_size == 1 and fabric.device.type == "cpu"
             if cached is None:
-                cached = _cache_features(net, frozen_views, val_set, config, fabric, console, show, channels_last)
+                cached = _cache_features(net, frozen_views, val_set, config, fabric, console, show, channels_last,
+                                         extractor if use_extractor else None, view_names)
             started = time.perf_counter()
             features, labels = cached[0].tensors
-            fit = fit_linear_head(features, labels, n_classes=net.model.num_classes, n_views=len(frozen_views),
+            n_views = len(view_names) if use_extractor else len(frozen_views)
+            fit = fit_linear_head(features, labels, n_classes=net.model.num_classes, n_views=n_views,
                                   class_weight=None if weight is None else weight.cpu(), seed=config.seed)
             classifier = net.model.get_classifier()
             with torch.no_grad():

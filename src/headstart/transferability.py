@@ -18,18 +18,19 @@ import numpy as np
 
 from headstart.errors import DataError, ParameterError
 
-__all__ = ["logme_score", "cv_linear_probe_accuracy", "kendall_tau"]
+__all__ = ["cv_linear_probe_accuracy", "kendall_tau", "logme_score"]
 
-# The fixed-point iteration on t = alpha / beta usually settles to machine precision in 5-20 steps when n > d
-# (the paper's code stops at 11 steps or a 1e-3 change). When the features can interpolate the labels
-# (n <= rank), the evidence often keeps rising towards the noise-free limit beta -> infinity and t drifts
-# to 0 geometrically but slowly; the cap stops it there, within about 1e-4 (relative) of the supremum.
-_MAX_ITERATIONS = 100
+# The fixed-point iteration on t = alpha / beta usually settles to machine precision in 5-20 steps. It may
+# instead head for a boundary, where the evidence has a supremum but no maximum: t -> 0 (noise-free fit) when
+# the features can interpolate the labels (rank n, usual when n <= d), t -> infinity (w = 0) when a class is
+# unrelated to the features. Keeping t between 1e-12 times the smallest and 1e12 times the largest nonzero
+# eigenvalue of F^T F ends those walks with the evidence about 1e-12 from its limit. (The paper's code adds
+# 1e-5 to the denominators instead, which depends on the scale of the features.) Only when the labels are an
+# exact linear function of features of rank < n is the supremum infinite; the bound then makes the score finite
+# but large.
+_MAX_ITERATIONS = 500
 _RELATIVE_TOLERANCE = 1e-10
-# Floors on ||m||^2 and ||y - F m||^2 (relative to the scale of the problem) in the updates of alpha and beta.
-# They matter only when the labels are an exact linear function of the features, where the evidence grows
-# without bound as the noise variance 1/beta goes to zero; the paper's code adds 1e-5 for the same reason.
-_RELATIVE_FLOOR = 1e-10
+_RATIO_BOUND = 1e12
 
 
 def _validate_features_and_labels(function: str, features: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
@@ -126,43 +127,56 @@ def _class_evidences(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
     classes = np.unique(labels)
     targets = (labels[:, None] == classes[None, :]).astype(np.float64)  # one-hot, (n, C)
     sigma, projected = _eigen_projection(features, targets)
-    sigma_column = sigma[:, None]
     squared = projected**2  # x_i^2, (k, C)
-    target_norm2 = (targets**2).sum(axis=0)  # ||y||^2 per class
-    # The part of y orthogonal to the feature columns is never explained, whatever alpha and beta are.
-    outside_norm2 = np.maximum(target_norm2 - squared.sum(axis=0), 0.0)
-    residual_floor = _RELATIVE_FLOOR * target_norm2
-    weight_floor = _RELATIVE_FLOOR * target_norm2 / max(sigma.max(initial=0.0), np.finfo(np.float64).tiny)
+    # The part of y orthogonal to the feature columns is never explained, whatever alpha and beta are. It is
+    # exactly 0 when those columns span R^n (rank n, usual when n <= d); the subtraction would leave ~1e-15 of
+    # rounding there, which swamps the vanishing residual of a near noise-free fit and stalls the iteration.
+    if len(sigma) == n:
+        outside_norm2 = np.zeros(len(classes))
+    else:
+        outside_norm2 = np.maximum((targets**2).sum(axis=0) - squared.sum(axis=0), 0.0)
+    if len(sigma):
+        lowest, highest = sigma.min() / _RATIO_BOUND, sigma.max() * _RATIO_BOUND
+    else:  # all-zero features: the evidence does not depend on alpha at all
+        lowest = highest = 1.0
 
-    def fit_terms(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def fit_terms(ratio: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, ...]:
         # In the singular basis, with t = alpha / beta: m = V diag(s / (sigma + t)) x and
         # y - F m = U diag(t / (sigma + t)) x + (the part of y outside the span of U).
-        denominator = sigma_column + ratio[None, :]
-        gamma = (sigma_column / denominator).sum(axis=0)
+        x2, shrink = squared[:, columns], ratio[None, :] / (sigma[:, None] + ratio[None, :])  # t / (sigma + t)
+        gamma = (1.0 - shrink).sum(axis=0)
         # n - gamma summed directly rather than subtracted: when n <= d, gamma is within a hair of n and the
         # subtraction would lose most digits of beta's numerator.
-        unexplained = (n - len(sigma)) + (ratio[None, :] / denominator).sum(axis=0)
-        weight_norm2 = (sigma_column * squared / denominator**2).sum(axis=0)
-        residual_norm2 = (squared * (ratio[None, :] / denominator) ** 2).sum(axis=0) + outside_norm2
+        unexplained = (n - len(sigma)) + shrink.sum(axis=0)
+        weight_norm2 = (x2 * (1.0 - shrink) ** 2 / sigma[:, None]).sum(axis=0)
+        residual_norm2 = (x2 * shrink**2).sum(axis=0) + outside_norm2[columns]
         return gamma, unexplained, weight_norm2, residual_norm2
 
-    alpha = np.ones(len(classes))
-    beta = np.ones(len(classes))
-    active = np.ones(len(classes), dtype=bool)  # a converged class is frozen, so its score ignores the others
+    # The paper's iteration, from alpha = beta = 1: alpha <- gamma / ||m||^2, beta <- (n - gamma) / ||y - F m||^2.
+    ratio = np.ones(len(classes))
+    # A converged class is frozen, so its score ignores the other classes. Without features there is no alpha.
+    active = np.arange(len(classes) if len(sigma) else 0)
     for _ in range(_MAX_ITERATIONS):
-        ratio = alpha / beta
-        gamma, unexplained, weight_norm2, residual_norm2 = fit_terms(ratio)
-        alpha = np.where(active, gamma / np.maximum(weight_norm2, weight_floor), alpha)
-        beta = np.where(active, unexplained / np.maximum(residual_norm2, residual_floor), beta)
-        active &= np.abs(alpha / beta - ratio) > _RELATIVE_TOLERANCE * ratio
-        if not active.any():
+        gamma, unexplained, weight_norm2, residual_norm2 = fit_terms(ratio[active], active)
+        with np.errstate(divide="ignore"):  # ||m|| = 0 (labels orthogonal to the features): alpha = inf
+            alpha = gamma / weight_norm2
+        beta = unexplained / residual_norm2  # > 0: t > 0 and each class has a sample, so the residual is > 0
+        new_ratio = np.clip(alpha / beta, lowest, highest)
+        moving = np.abs(new_ratio - ratio[active]) > _RELATIVE_TOLERANCE * ratio[active]
+        ratio[active] = new_ratio
+        active = active[moving]
+        if len(active) == 0:
             break
 
-    ratio = alpha / beta
-    _, _, weight_norm2, residual_norm2 = fit_terms(ratio)
+    # At the final t, beta = n / (||y - F m||^2 + t ||m||^2) maximises the evidence over beta (at a fixed point
+    # of the iteration it equals (n - gamma) / ||y - F m||^2), and alpha = t beta.
+    everything = np.arange(len(classes))
+    _, _, weight_norm2, residual_norm2 = fit_terms(ratio, everything)
+    beta = n / (residual_norm2 + ratio * weight_norm2)
+    alpha = ratio * beta
     # d/2 log(alpha) - 1/2 log|alpha I + beta F^T F| = -1/2 sum_i log(1 + sigma_i / t) over the d eigenvalues of
     # F^T F; the zero ones contribute nothing, which is why the n < d case needs only the n x n Gram matrix.
-    log_determinant_term = -0.5 * np.log1p(sigma_column / ratio[None, :]).sum(axis=0)
+    log_determinant_term = -0.5 * np.log1p(sigma[:, None] / ratio[None, :]).sum(axis=0)
     evidence = (
         log_determinant_term
         + 0.5 * n * np.log(beta)
@@ -185,8 +199,9 @@ def logme_score(features: np.ndarray, labels: np.ndarray) -> float:
 
     It is maximised by the paper's fixed-point iteration (from alpha = beta = 1):
     gamma = sum_i beta s_i / (alpha + beta s_i), alpha <- gamma / ||m||^2, beta <- (n - gamma) / ||y - F m||^2,
-    where s_i are the eigenvalues of F^T F, all terms evaluated in the singular basis of F (the d x d Gram
-    matrix when n >= d, the n x n one when n < d). The score is (1 / C) sum_c L_c(alpha_c, beta_c) / n; higher
+    where s_i are the eigenvalues of F^T F, until t = alpha / beta changes by less than 1e-10 (relative; at most
+    500 steps). All terms are evaluated in the singular basis of F, from the d x d Gram matrix when n >= d or
+    the n x n one when n < d. The score is (1 / C) sum_c L_c(alpha_c, beta_c) / n; higher
     means the features explain the labels better. No bias term and no centring, as in the paper: compare
     backbones with features preprocessed the same way. Computed in float64.
 
@@ -196,9 +211,11 @@ def logme_score(features: np.ndarray, labels: np.ndarray) -> float:
 
     Returns:
         The LogME score (a log-likelihood per sample: usually between about -2 and 2, comparable only on the
-        same labelled data). If the labels are an exact linear function of the features the evidence has no
-        finite maximum; the iteration then stops at a noise variance ~1e-10 times the target scale and the
-        score is large.
+        same labelled data). Where the evidence has a supremum but no maximum (t -> 0 or infinity), the
+        iteration walks towards it and stops at a bound on t that leaves it a negligible distance away: t is kept
+        within [1e-12, 1e12] times the range of
+        the nonzero eigenvalues of F^T F. If the labels are an exact linear function of features of rank < n,
+        the supremum is infinite and the score is large (the value at the bound).
 
     Raises:
         ParameterError: ``features`` not 2-D numbers, ``labels`` not 1-D integers, or their lengths differ.

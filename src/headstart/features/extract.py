@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from headstart.backbones import Preprocessing, create_backbone, get_backbone_spec
+from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from headstart.data.transforms import ImageDataset, build_transform
 from headstart.errors import ParameterError
 from headstart.features.runtime import FeatureEngine, create_engine
@@ -89,7 +90,9 @@ class FeatureExtractor:
         model: the frozen timm backbone (its classifier is ignored).
         preprocessing: how images are prepared (size, normalisation, crop).
         architecture: the timm architecture name, part of the cache key.
-        store: the feature store; ``None`` computes everything and caches nothing.
+        store: the feature store (also holds the runtime's exported model); ``None`` caches nothing.
+        cache_features: look up and save features in ``store`` (False: use it for the runtime export only,
+            e.g. when predicting new images).
         runtime: ``auto``, ``openvino``, ``onnxruntime`` or ``torch`` (see :mod:`headstart.features.runtime`).
         batch_size: images per forward pass.
         num_workers: decoding processes; default: one on small CPUs, more on big ones.
@@ -99,13 +102,16 @@ class FeatureExtractor:
     """
 
     def __init__(self, model: nn.Module, *, preprocessing: Preprocessing, architecture: str,
-                 store: FeatureStore | None = None, runtime: str = "auto", batch_size: int = 32,
-                 num_workers: int | None = None, progress: bool = False, console: Console | None = None,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 store: FeatureStore | None = None, cache_features: bool = True, runtime: str = "auto",
+                 batch_size: int = 32, num_workers: int | None = None, progress: bool = False,
+                 console: Console | None = None, warn: Callable[[str], None] | None = None,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.model = model.eval()
         self.preprocessing = preprocessing
         self.architecture = architecture
         self.store = store
+        self.cache_features = cache_features
+        self.max_pixels = max_pixels
         self.runtime = runtime
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -121,9 +127,11 @@ class FeatureExtractor:
 
     def _dataset(self, paths: Sequence[Path], digests: Sequence[bytes], view: str) -> Dataset:
         if view in ("center", "mirror"):
-            return ImageDataset(paths, None, build_transform(self.preprocessing, train=False, flip=view == "mirror"))
+            return ImageDataset(paths, None, build_transform(self.preprocessing, train=False, flip=view == "mirror"),
+                                max_pixels=self.max_pixels)
         if view.startswith("augment-") and view[len("augment-"):].isdigit():
-            images = ImageDataset(paths, None, build_transform(self.preprocessing, train=True))
+            images = ImageDataset(paths, None, build_transform(self.preprocessing, train=True),
+                                  max_pixels=self.max_pixels)
             return _SeededViewDataset(images, digests, int(view[len("augment-"):]))
         raise ParameterError(f"Unknown feature view {view!r}.", fix="Use 'center', 'mirror' or 'augment-<k>'.")
 
@@ -149,7 +157,8 @@ class FeatureExtractor:
         paths = [Path(p) for p in paths]
         digests = [file_digest(p) for p in paths]
         key = self.key(view)
-        found = self.store.lookup(key, digests) if self.store is not None else {}
+        caching = self.store is not None and self.cache_features
+        found = self.store.lookup(key, digests) if caching else {}
         missing = sorted({i for i, d in enumerate(digests) if d not in found},
                          key=lambda i: i)  # first occurrence order; duplicates computed once below
         unique_missing: dict[bytes, int] = {}
@@ -161,7 +170,7 @@ class FeatureExtractor:
             dataset = self._dataset([paths[i] for i in order], [digests[i] for i in order], view)
             rows = self._run(dataset, f"features ({view})")
             computed = {digests[i]: row for i, row in zip(order, rows)}
-            if self.store is not None:
+            if caching:
                 self.store.add(key, list(computed), np.stack(list(computed.values())))
         table = {**found, **computed}
         self.report.cached += len(paths) - len(missing)

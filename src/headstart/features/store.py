@@ -71,13 +71,17 @@ def file_digest(path: str | os.PathLike[str]) -> bytes:
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """Digest of a model's parameters and buffers (names, shapes, dtypes, values), in hex.
+    """Digest of a backbone's parameters and buffers (names, shapes, dtypes, values), in hex.
 
-    Two models with the same architecture and the same weights get the same digest, whichever file or package
-    the weights came from.
+    Two models with the same architecture and the same backbone weights get the same digest, whichever file or
+    package the weights came from. A timm model's classifier is left out: pooled features do not depend on it.
     """
     digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
-    for name, tensor in model.state_dict().items():
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    skip = {id(t) for t in classifier.state_dict(keep_vars=True).values()} if isinstance(classifier, torch.nn.Module) else set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in skip:
+            continue
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
