@@ -6,6 +6,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The feature store of the test session, never the user's ~/.cache/headstart.
+import tempfile  # noqa: E402
+
+os.environ["HEADSTART_CACHE"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
 
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402

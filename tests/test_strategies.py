@@ -117,3 +117,64 @@ def test_linear_head_is_solved_with_a_cross_validated_penalty() -> None:
     best = min(row["cv_log_loss"] for row in chosen.cv)
     row = next(r for r in chosen.cv if r["l2"] == chosen.l2)
     assert row["cv_log_loss"] <= best + max(r["standard_error"] for r in chosen.cv)
+
+
+def _trainable(net: ClassifierNet) -> set[str]:
+    return {name for name, p in net.model.named_parameters() if p.requires_grad}
+
+
+def test_gradual_unfreezing_opens_one_layer_group_per_stage() -> None:
+    net = _net()
+    backbone, head = layer_groups(net.model)
+    names = {id(p): n for n, p in net.model.named_parameters()}
+    group_names = [{names[id(p)] for p in group} for group in backbone]
+    head_names = {names[id(p)] for p in head}
+    stages = plan_stages("gradual_unfreeze", 4, lr=1e-3)
+    assert [(s.name, s.epochs, s.trainable_groups) for s in stages] == [
+        ("head", 1, None), ("top-1", 1, 1), ("top-2", 1, 2), ("all", 4, None)]
+    expected = [head_names, head_names | group_names[2], head_names | group_names[1] | group_names[2],
+                head_names | group_names[0] | group_names[1] | group_names[2]]
+    for stage, wanted in zip(stages, expected):
+        net.freeze_backbone(stage.freeze_backbone, freeze_batchnorm=stage.freeze_batchnorm,
+                            trainable_groups=stage.trainable_groups)
+        assert _trainable(net) == wanted, stage.name
+        in_optimizer = {names[id(p)] for g in parameter_groups(net, stage, weight_decay=0.01) for p in g["params"]}
+        assert in_optimizer == wanted, f"optimizer of stage {stage.name} must hold exactly the trainable parameters"
+    # partially unfrozen stages keep BatchNorm statistics; earlier groups learn more slowly
+    net.freeze_backbone(False, freeze_batchnorm=True, trainable_groups=1)
+    net.train()
+    before = net.model.bn1.running_mean.clone()
+    net(torch.randn(4, 3, 64, 64) * 3 + 1)
+    assert torch.equal(net.model.bn1.running_mean, before)
+
+
+def test_lp_ft_solves_the_head_then_fine_tunes_everything_with_one_small_rate() -> None:
+    head, everything = plan_stages("lp_ft", 3, lr=2e-3)
+    assert head.freeze_backbone and not everything.freeze_backbone
+    assert everything.lr == pytest.approx(2e-3 / 20) and everything.lr_ratio == 1.0 and everything.freeze_batchnorm
+    net = _net()
+    net.freeze_backbone(False, freeze_batchnorm=True)
+    assert _trainable(net) == {n for n, _ in net.model.named_parameters()}
+    assert {g["lr_scale"] for g in parameter_groups(net, everything, weight_decay=0.01)} == {1.0}
+
+
+def test_lr_mult_sets_the_per_group_ratio() -> None:
+    stage = plan_stages("fine_tune", 2, lr=1e-3, lr_mult=0.5)[1]
+    net = _net()
+    scales = sorted({g["lr_scale"] for g in parameter_groups(net, stage, weight_decay=0.0)})
+    assert scales == pytest.approx([0.125, 0.25, 0.5, 1.0])  # three groups below the head: 0.5, 0.5^2, 0.5^3
+    with pytest.raises(ParameterError, match="lr_mult"):
+        plan_stages("fine_tune", 2, lr_mult=1.5)
+
+
+@pytest.mark.parametrize("strategy, stages", [("lp_ft", ["head", "all"]),
+                                              ("gradual_unfreeze", ["head", "top-1", "top-2", "all"])])
+def test_new_strategies_train_end_to_end(sample_dir, tmp_path, strategy: str, stages: list[str]) -> None:
+    from headstart import ImageClassifier
+
+    from conftest import tiny_params
+
+    classifier = ImageClassifier(**tiny_params(strategy=strategy, epochs=1, calibrate=False)).fit(sample_dir)
+    assert [record["stage"] for record in classifier.history_] == stages
+    assert "l2" in classifier.history_[0], "the frozen head stage is solved on cached features"
+    assert classifier.predict_proba(sorted((sample_dir / "test").rglob("*.jpg"))[:3]).shape == (3, 2)
