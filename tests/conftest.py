@@ -47,7 +47,7 @@ def tiny_params(**overrides: object) -> dict[str, object]:
     """ImageClassifier arguments for a fast, random-weight model at 64 px."""
     params: dict[str, object] = dict(
         backbone=TINY_BACKBONE, weights="random", image_size=64, batch_size=8, epochs=2, strategy="fine_tune",
-        progress=False, patience=None, num_workers=0,
+        progress=False, patience=None, num_workers=0, runtime="torch",
     )
     params.update(overrides)
     return params

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -14,7 +15,8 @@ from headstart.cli import app
 from conftest import TINY_BACKBONE
 
 runner = CliRunner()
-TINY = ["--backbone", TINY_BACKBONE, "--weights", "random", "--image-size", "64", "--batch-size", "8", "--quiet"]
+TINY = ["--backbone", TINY_BACKBONE, "--weights", "random", "--image-size", "64", "--batch-size", "8", "--quiet",
+        "--runtime", "torch"]  # the fast runtimes are tested in test_features.py
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +98,70 @@ def test_resume_refuses_extra_options(trained_run: Path) -> None:
     result = runner.invoke(app, ["train", "--resume", str(trained_run), "--devices", "2", "--epochs", "9"])
     assert result.exit_code == 2
     assert "--devices" in result.output and "--epochs" in result.output and "Fix:" in result.output
+
+
+def test_cache_info_lists_the_run_features_and_clear_empties_it(trained_run: Path, tmp_path: Path,
+                                                              sample_dir: Path) -> None:
+    cache = tmp_path / "store"
+    result = runner.invoke(app, ["train", str(sample_dir), "--out", str(tmp_path / "run"), "--cache-dir", str(cache),
+                                 *TINY])
+    assert result.exit_code == 0, result.output
+    info = runner.invoke(app, ["cache", "info", "--cache-dir", str(cache)])
+    assert info.exit_code == 0, info.output
+    assert "test_efficientnet" in info.output and "center" in info.output and "mirror" in info.output
+    cleared = runner.invoke(app, ["cache", "clear", "--cache-dir", str(cache)])
+    assert cleared.exit_code == 0 and "Removed 2 feature set(s)" in " ".join(cleared.output.split())
+    assert "0 feature sets" in " ".join(runner.invoke(app, ["cache", "info", "--cache-dir", str(cache)]).output.split())
+
+
+def test_compare_prints_one_table_and_writes_json_and_chart(sample_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    result = runner.invoke(app, ["compare", str(sample_dir), "--candidates", "linear,knn,lp_ft",
+                                 "--backbone", TINY_BACKBONE, "--weights", "random", "--image-size", "64",
+                                 "--epochs", "1", "--folds", "2", "--runtime", "torch", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "comparison.json").read_text())
+    assert [c["name"] for c in report["candidates"]] == ["linear", "knn", "lp_ft"]
+    for candidate in report["candidates"]:
+        assert len(candidate["runs"]) == 2 and sum(r["n_held_out"] for r in candidate["runs"]) == 56
+        low, high = candidate["accuracy_ci95"]
+        assert low <= candidate["accuracy"] <= high and candidate["predict_ms_per_image"] > 0
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "macro" in result.output and "predict" in result.output and "knn" in result.output
+    bad = runner.invoke(app, ["compare", str(sample_dir), "--candidates", "linear,svm"])
+    assert bad.exit_code == 2 and "Fix:" in bad.output
+
+
+def test_lr_find_writes_plot_and_suggestion(sample_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["lr-find", str(sample_dir), "--backbone", TINY_BACKBONE, "--weights", "random",
+                                 "--image-size", "64", "--batch-size", "8", "--steps", "15", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "lr_find.json").read_text())
+    assert 1e-7 <= saved["suggestion"] <= 10 and len(saved["learning_rates"]) <= 15
+    assert "Suggested learning rate" in result.output and "--lr" in result.output
+    assert (tmp_path / "lr_find.png").stat().st_size > 1000
+
+
+def test_calibration_is_fitted_on_validation_and_applied(tmp_path: Path, sample_dir: Path) -> None:
+    from headstart import ImageClassifier
+    from headstart.calibration import apply_temperature
+
+    from conftest import tiny_params
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir / "train", data / "train")
+    for split in ("train", "val", "test"):  # 56 validation images: enough to fit a temperature
+        shutil.copytree(sample_dir / split, data / "val", dirs_exist_ok=True)
+    params = tiny_params(strategy="linear_probe", epochs=1)
+    calibrated = ImageClassifier(**params).fit(data, out=tmp_path / "run")
+    plain = ImageClassifier(**params, calibrate=False).fit(data)
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())["calibration"]
+    assert report["temperature"] == pytest.approx(calibrated.temperature_) and report["temperature"] != 1.0
+    assert report["nll_after"] <= report["nll_before"] + 1e-9
+    assert (tmp_path / "run" / "reliability.png").stat().st_size > 1000
+    images = sorted((sample_dir / "test").rglob("*.jpg"))
+    raw = plain.predict_proba(images)
+    np.testing.assert_allclose(calibrated.predict_proba(images), apply_temperature(raw, calibrated.temperature_),
+                               atol=1e-4)
+    loaded = ImageClassifier.load(tmp_path / "run" / "model")
+    assert loaded.temperature_ == pytest.approx(calibrated.temperature_)

@@ -184,9 +184,10 @@ def test_runtime_missing_parity_falls_back_to_torch(monkeypatch: pytest.MonkeyPa
         return runtime_module.FeatureEngine("onnxruntime", lambda images: np.random.rand(len(images), model.num_features))
 
     monkeypatch.setattr(runtime_module, "_onnxruntime_engine", broken)
-    images = np.random.default_rng(0).normal(size=(4, 3, 64, 64)).astype(np.float32)
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 3, 64, 64), dtype=np.uint8)
     messages: list[str] = []
-    engine = create_engine(model, runtime="onnxruntime", image_size=64, export_dir=tmp_path,
+    engine = create_engine(model, mean=(0.5,) * 3, std=(0.5,) * 3, runtime="onnxruntime", image_size=64,
+                           export_dir=tmp_path,
                            parity_images=images, warn=messages.append)
     assert engine.name == "torch"
     assert messages and "differ from torch" in messages[0] and "onnxruntime" in messages[0]
@@ -199,7 +200,8 @@ def test_runtime_failure_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setattr(runtime_module, "export_onnx", failing)
     model, _ = create_backbone(TINY_BACKBONE, 0, weights="random")
     with pytest.warns(RuntimeWarning, match="unsupported operator"):
-        engine = create_engine(model, runtime="auto", image_size=64, export_dir=tmp_path, parity_images=None)
+        engine = create_engine(model, mean=(0.5,) * 3, std=(0.5,) * 3, runtime="auto", image_size=64,
+                               export_dir=tmp_path, parity_images=None)
     assert engine.name == "torch"
 
 

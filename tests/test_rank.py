@@ -52,9 +52,12 @@ def test_second_ranking_with_the_same_store_reads_every_feature_from_it(tmp_path
     first = _rank(store, [TINY_BACKBONE])
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    second = _rank(store, [TINY_BACKBONE])
+    console = Console(record=True, width=200)
+    second = _rank(store, [TINY_BACKBONE], progress=True, console=console)
 
     assert not first[0].cached and second[0].cached
+    text = console.export_text()
+    assert "32 training images" in text and "cached features" in text
     assert second[0].logme == first[0].logme and second[0].cv_accuracy == first[0].cv_accuracy
     # "random" weights are drawn from the seed inside a forked RNG: the caller's random state is left alone.
     assert torch.equal(torch.random.get_rng_state(), state)

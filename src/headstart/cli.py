@@ -340,6 +340,9 @@ def compare(
     candidates: Annotated[str, typer.Option(help="Comma-separated heads and strategies: linear, logistic, linear_svm, rbf_svm, random_forest, knn, fine_tune, gradual_unfreeze, lp_ft, full.")] = "linear,logistic,linear_svm,rbf_svm,random_forest,knn,fine_tune",
     out: Annotated[Optional[Path], typer.Option(help="Folder for comparison.json and comparison.png (default runs/compare-<data>).")] = None,
     backbone: Annotated[str, typer.Option(help="Backbone every candidate uses.")] = DEFAULT_BACKBONE,
+    weights: Annotated[str, typer.Option(help="auto, random, or a local checkpoint FILE.")] = "auto",
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: as `train` chooses).")] = None,
+    runtime: Annotated[str, typer.Option(help="Frozen-feature runtime: auto, openvino, onnxruntime or torch.")] = "auto",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs of the training strategies (default: from the data size).")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds: one run each (mean and sd reported).")] = "0",
     folds: Annotated[Optional[int], typer.Option(help="k-fold cross-validation over all labelled images instead.")] = None,
@@ -354,7 +357,8 @@ def compare(
         except ValueError:
             raise ParameterError(f"--seeds must be comma-separated integers. Got {seeds!r}.", fix="e.g. --seeds 0,1,2") from None
         out = out or Path("runs") / f"compare-{data.resolve().name}"
-        results = compare_candidates(data, _split_list(candidates), backbone=backbone, epochs=epochs, seeds=seed_list,
+        results = compare_candidates(data, _split_list(candidates), backbone=backbone, weights=weights,
+                                     image_size=image_size, runtime=runtime, epochs=epochs, seeds=seed_list,
                                      folds=folds, cache_dir=cache_dir, out=out, console=console)
         console.print(format_comparison(results))
         console.print(f"Wrote {out / 'comparison.json'} and {out / 'comparison.png'}", highlight=False)

@@ -94,6 +94,9 @@ def compare_candidates(
     candidates: Sequence[str] = DEFAULT_CANDIDATES,
     *,
     backbone: str = DEFAULT_BACKBONE,
+    weights: str = "auto",
+    image_size: int | None = None,
+    runtime: str = "auto",
     epochs: int | None = None,
     seeds: Sequence[int] = (0,),
     folds: int | None = None,
@@ -110,7 +113,8 @@ def compare_candidates(
         candidates: names from :data:`CANDIDATES`: heads (``linear``, ``logistic``, ``linear_svm``,
             ``rbf_svm``, ``random_forest``, ``knn``) and strategies (``fine_tune``, ``gradual_unfreeze``,
             ``lp_ft``, ``full``).
-        backbone: the backbone every candidate uses.
+        backbone: the backbone every candidate uses; ``weights``, ``image_size`` and ``runtime`` as in
+            :class:`~headstart.ImageClassifier`.
         epochs: epochs of the training strategies (default: chosen from the data size).
         seeds: one run per seed; more than one reports the spread.
         folds: k-fold cross-validation over all labelled images instead of the data's own split.
@@ -172,7 +176,8 @@ def compare_candidates(
             # One extraction of the frozen features (train views + validation) shared by all frozen candidates.
             started = time.perf_counter()
             warm = ImageClassifier(backbone, strategy="linear_probe", seed=seed, cache_dir=cache_dir, progress=False,
-                                   calibrate=False).fit(folder)
+                                   calibrate=False, weights=weights, image_size=image_size,
+                                   runtime=runtime).fit(folder)
             warmup.append({"run": label, "seconds": round(time.perf_counter() - started, 2),
                            "features": warm.features_report_})
             report = warm.features_report_ or {}
@@ -181,7 +186,8 @@ def compare_candidates(
                           highlight=False)
             for name in candidates:
                 classifier = ImageClassifier(backbone, epochs=epochs, seed=seed, cache_dir=cache_dir, progress=False,
-                                             calibrate=False, **_candidate_params(name))
+                                             calibrate=False, weights=weights, image_size=image_size,
+                                             runtime=runtime, **_candidate_params(name))
                 started = time.perf_counter()
                 classifier.fit(folder)
                 train_seconds = time.perf_counter() - started

@@ -17,7 +17,7 @@ import difflib
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -123,7 +123,8 @@ def _validate(backbones: Sequence[str], *, weights: Mapping[str, str], n_folds: 
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
                                    or not 32 <= image_size <= 1024):
         raise ParameterError(
-            f"The 'image_size' parameter of rank_backbones must be an integer in [32, 1024] or None. Got {image_size!r}.",
+            f"The 'image_size' parameter of rank_backbones must be an integer in [32, 1024] or None."
+            f" Got {image_size!r}.",
             fix="Leave image_size unset to use each backbone's pretrained resolution.",
         )
     check_choice("rank_backbones", "runtime", runtime, RUNTIMES)
@@ -131,8 +132,8 @@ def _validate(backbones: Sequence[str], *, weights: Mapping[str, str], n_folds: 
 
 
 def _score_one(name: str, paths: list[Any], labels: np.ndarray, *, weights: str, store: FeatureStore,
-               runtime: str, seed: int, n_folds: int, image_size: int | None, progress: bool,
-               console: Console) -> BackboneScore:
+               runtime: str, seed: int, n_folds: int, image_size: int | None, allow_download: bool,
+               progress: bool, console: Console, warn: Callable[[str], None] | None) -> BackboneScore:
     """Extract and score one candidate; any failure becomes the ``error`` of its row."""
     score = BackboneScore(name=name, n_images=len(paths), weights=str(weights))
     started = time.perf_counter()
@@ -145,11 +146,10 @@ def _score_one(name: str, paths: list[Any], labels: np.ndarray, *, weights: str,
         # fork_rng keeps the caller's own random state untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model, source = create_backbone(name, 0, weights=weights, allow_download=False)
+            model, source = create_backbone(name, 0, weights=weights, allow_download=allow_download)
         score.weights = source.description
         extractor = FeatureExtractor(model, preprocessing=preprocessing, architecture=spec.architecture, store=store,
-                                     runtime=runtime, progress=progress, console=console,
-                                     warn=lambda message: console.print(f"[yellow]Warning:[/yellow] {message}"))
+                                     runtime=runtime, progress=progress, console=console, warn=warn)
         features = extractor.extract(paths, view="center")
         score.feature_seconds = time.perf_counter() - started
         score.cached = extractor.report.computed == 0 and extractor.report.cached > 0
@@ -180,6 +180,7 @@ def rank_backbones(
     image_size: int | None = None,
     weights: Mapping[str, str] | None = None,
     val_fraction: float = 0.2,
+    allow_download: bool = True,
     progress: bool = False,
     console: Console | None = None,
 ) -> list[BackboneScore]:
@@ -204,10 +205,13 @@ def rank_backbones(
         n_folds: folds of the cross-validated probe (fewer when the smallest class is smaller).
         image_size: input side for every candidate; ``None``: each backbone's pretrained resolution.
         weights: per-candidate weights, ``"random"`` or a checkpoint file, keyed by candidate name; others
-            use ``"auto"`` (local pretrained weights only: a ranking never downloads).
+            use ``"auto"`` (see :func:`~headstart.backbones.create_backbone`).
         val_fraction: share held out when ``data`` has no validation folder (those images are not scored).
+        allow_download: whether a candidate without local weights may download them (online only); when it
+            may not, or the download fails, the candidate is listed with the reason.
         progress: show extraction progress and one line per candidate on ``console``.
-        console: where progress and runtime warnings go (default: a new stdout console).
+        console: where progress and runtime warnings go (default: stdout when ``progress``; with neither,
+            runtime warnings are Python warnings).
 
     Returns:
         One :class:`BackboneScore` per candidate, sorted by LogME (highest first); candidates that could not
@@ -229,23 +233,30 @@ def rank_backbones(
     weights = dict(weights or {})
     names = _validate(backbones, weights=weights, n_folds=n_folds, seed=seed, image_size=image_size,
                       runtime=runtime)
-    console = console or Console(quiet=not progress)
+    shown = console if console is not None else Console()
+
+    def warn_on_console(message: str) -> None:
+        shown.print(f"[yellow]Warning:[/yellow] {message}")
+
+    warn = warn_on_console if console is not None or progress else None
     store = store if store is not None else FeatureStore()
     splits = data if isinstance(data, DatasetSplits) else load_image_dataset(data, val_fraction=val_fraction, seed=seed)
     train = splits.train
     paths, labels = list(train.paths), np.asarray(train.labels, dtype=np.int64)
-    console.print(f"Ranking {len(names)} backbone(s) on {len(paths)} training images, {len(train.classes)} classes"
-                  " (validation images are not used).", highlight=False)
+    if progress:
+        shown.print(f"Ranking {len(names)} backbone(s) on {len(paths)} training images, {len(train.classes)} classes"
+                    " (validation images are not used).", highlight=False)
     scores: list[BackboneScore] = []
     for name in names:
         score = _score_one(name, paths, labels, weights=weights.get(name, "auto"), store=store, runtime=runtime,
-                           seed=seed, n_folds=n_folds, image_size=image_size, progress=progress, console=console)
-        if score.error is None:
-            console.print(f"  {name}: LogME {score.logme:.4f}, CV accuracy {score.cv_accuracy:.3f}"
-                          f" ({'cached' if score.cached else f'{score.feature_seconds:.1f}s'} features,"
-                          f" {score.score_seconds:.1f}s scoring)", highlight=False)
-        else:
-            console.print(f"  {name}: [yellow]not scored[/yellow]: {score.error}", highlight=False)
+                           seed=seed, n_folds=n_folds, image_size=image_size, allow_download=allow_download,
+                           progress=progress, console=shown, warn=warn)
+        if progress and score.error is None:
+            shown.print(f"  {name}: LogME {score.logme:.4f}, CV accuracy {score.cv_accuracy:.3f}"
+                        f" ({'cached' if score.cached else f'{score.feature_seconds:.1f}s'} features,"
+                        f" {score.score_seconds:.1f}s scoring)", highlight=False)
+        elif progress:
+            shown.print(f"  {name}: [yellow]not scored[/yellow]: {score.error}", highlight=False)
         scores.append(score)
     ranked = sorted((s for s in scores if s.error is None), key=lambda s: s.logme, reverse=True)
     return ranked + [s for s in scores if s.error is not None]

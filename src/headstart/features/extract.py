@@ -127,10 +127,10 @@ class FeatureExtractor:
 
     def _dataset(self, paths: Sequence[Path], digests: Sequence[bytes], view: str) -> Dataset:
         if view in ("center", "mirror"):
-            return ImageDataset(paths, None, build_transform(self.preprocessing, train=False, flip=view == "mirror"),
-                                max_pixels=self.max_pixels)
+            return ImageDataset(paths, None, build_transform(self.preprocessing, train=False, flip=view == "mirror",
+                                                             as_uint8=True), max_pixels=self.max_pixels)
         if view.startswith("augment-") and view[len("augment-"):].isdigit():
-            images = ImageDataset(paths, None, build_transform(self.preprocessing, train=True),
+            images = ImageDataset(paths, None, build_transform(self.preprocessing, train=True, as_uint8=True),
                                   max_pixels=self.max_pixels)
             return _SeededViewDataset(images, digests, int(view[len("augment-"):]))
         raise ParameterError(f"Unknown feature view {view!r}.", fix="Use 'center', 'mirror' or 'augment-<k>'.")
@@ -140,8 +140,9 @@ class FeatureExtractor:
             export_dir = None
             if self.store is not None:
                 export_dir = (self.store.root / "runtimes"
-                              / f"{self.architecture}-{self.weights}-{self.preprocessing.input_size}")
-            self.engine = create_engine(self.model, runtime=self.runtime, image_size=self.preprocessing.input_size,
+                              / f"{self.architecture}-{self.weights}-{self.preprocessing.input_size}-uint8")
+            self.engine = create_engine(self.model, mean=self.preprocessing.mean, std=self.preprocessing.std,
+                                        runtime=self.runtime, image_size=self.preprocessing.input_size,
                                         export_dir=export_dir if self.runtime != "torch" else None,
                                         parity_images=first_batch[:8], warn=self.warn)
             self.report.runtime, self.report.parity = self.engine.name, self.engine.parity

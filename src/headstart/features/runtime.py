@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,19 +42,27 @@ ONNX_OPSET = 17
 
 
 class PooledFeatures(nn.Module):
-    """A timm model's pooled, pre-logits features: what a new head sees."""
+    """A timm model's pooled, pre-logits features (what a new head sees) from uint8 pixels (n, 3, h, w).
 
-    def __init__(self, model: nn.Module) -> None:
+    Normalisation ((pixels / 255 - mean) / std) is part of the module, so it is part of the exported graph.
+    """
+
+    def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.model = model
+        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        images = pixels.float() * self.scale - self.shift
+        if not torch.onnx.is_in_onnx_export():
+            images = images.contiguous(memory_format=torch.channels_last)  # torch's fast CPU convolutions
         return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
 
 
 @dataclass
 class FeatureEngine:
-    """A callable from a float32 image batch (n, 3, h, w) to features (n, dim), and what runs it.
+    """A callable from a uint8 pixel batch (n, 3, h, w) to features (n, dim), and what runs it.
 
     ``parity`` is the smallest cosine similarity to torch seen on real images (1.0 for torch itself).
     """
@@ -63,8 +71,8 @@ class FeatureEngine:
     run: Callable[[np.ndarray], np.ndarray]
     parity: float = 1.0
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.run(np.ascontiguousarray(images, dtype=np.float32))
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.run(np.ascontiguousarray(pixels, dtype=np.uint8))
 
 
 def available_runtimes() -> list[str]:
@@ -91,7 +99,7 @@ def _torch_engine(module: nn.Module) -> FeatureEngine:
 
     def run(images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            batch = torch.from_numpy(images).contiguous(memory_format=torch.channels_last)
+            batch = torch.from_numpy(images).contiguous(memory_format=torch.channels_last)  # uint8
             return module(batch).float().numpy()
 
     return FeatureEngine("torch", run)
@@ -105,7 +113,7 @@ def export_onnx(module: nn.Module, path: Path, *, image_size: int) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             torch.onnx.export(
-                module.eval(), (torch.zeros(2, 3, image_size, image_size),), str(temporary), dynamo=False,
+                module.eval(), (torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8),), str(temporary), dynamo=False,
                 input_names=["images"], output_names=["features"], opset_version=ONNX_OPSET,
                 dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
             )
@@ -154,6 +162,8 @@ def _openvino_engine(onnx_path: Path) -> FeatureEngine:
 def create_engine(
     model: nn.Module,
     *,
+    mean: Sequence[float],
+    std: Sequence[float],
     runtime: str = "auto",
     image_size: int,
     export_dir: Path | None,
@@ -164,10 +174,11 @@ def create_engine(
 
     Args:
         model: a timm model (its classifier is ignored; pooled pre-logits features are computed).
+        mean, std: the backbone's normalisation (applied inside the engine to uint8 pixels).
         runtime: one of :data:`RUNTIMES`; ``auto`` takes the first available of openvino, onnxruntime, torch.
         image_size: the square input side (the ONNX graph is exported for it).
         export_dir: folder for the exported ONNX model (reused when present); ``None`` means torch only.
-        parity_images: a real preprocessed batch; a runtime whose features differ from torch's (any row's cosine
+        parity_images: a real batch of uint8 pixels; a runtime whose features differ from torch's (any row's cosine
             similarity < :data:`PARITY_MIN_COSINE`) is not used. ``None`` skips the check (tests only).
         warn: called with a message when a runtime is unavailable, fails, or misses parity (default:
             :func:`warnings.warn`).
@@ -177,7 +188,7 @@ def create_engine(
     """
     check_choice("extract_features", "runtime", runtime, RUNTIMES)
     warn = warn or (lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3))
-    module = PooledFeatures(model).eval()
+    module = PooledFeatures(model, mean=mean, std=std).eval()
     torch_engine = _torch_engine(module)
     if runtime == "torch" or export_dir is None:
         return torch_engine
