@@ -290,5 +290,7 @@ def format_ranking(scores: Sequence[BackboneScore]) -> Table:
                           f"{score.feature_seconds:.1f}", f"{score.score_seconds:.1f}", "yes" if score.cached else "no",
                           f"{score.n_images} images, dim {score.dim}, {score.weights}")
         else:
-            table.add_row("-", score.name, "-", "-", f"{score.feature_seconds:.1f}", "-", "-", score.error)
+            # the full message (with its fix) was printed while ranking; the table keeps its first sentence
+            table.add_row("-", score.name, "-", "-", f"{score.feature_seconds:.1f}", "-", "-",
+                          score.error.split(". ")[0])
     return table
