@@ -63,6 +63,14 @@ def test_second_ranking_with_the_same_store_reads_every_feature_from_it(tmp_path
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_without_a_store_nothing_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path))
+    scores = rank_backbones(SAMPLE, [TINY_BACKBONE], store=None, runtime="torch", image_size=64, n_folds=3,
+                            weights={TINY_BACKBONE: "random"})
+    assert scores[0].error is None and not scores[0].cached
+    assert not any(tmp_path.iterdir())
+
+
 def test_only_training_images_are_read(tmp_path: Path, image_folder: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Path] = []

@@ -393,7 +393,7 @@ def rank(
                                 console=console)
         console.print(format_ranking(scores))
         if out is not None:
-            atomic_write_json(out, [score.__dict__ for score in scores])
+            atomic_write_json(out, [score.to_dict() for score in scores])
             console.print(f"Wrote {out}", highlight=False)
     except HeadstartError as error:
         _fail(error)

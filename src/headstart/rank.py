@@ -131,7 +131,7 @@ def _validate(backbones: Sequence[str], *, weights: Mapping[str, str], n_folds: 
     return names
 
 
-def _score_one(name: str, paths: list[Any], labels: np.ndarray, *, weights: str, store: FeatureStore,
+def _score_one(name: str, paths: list[Any], labels: np.ndarray, *, weights: str, store: FeatureStore | None,
                runtime: str, seed: int, n_folds: int, image_size: int | None, allow_download: bool,
                progress: bool, console: Console, warn: Callable[[str], None] | None) -> BackboneScore:
     """Extract and score one candidate; any failure becomes the ``error`` of its row."""
@@ -198,8 +198,8 @@ def rank_backbones(
             :func:`~headstart.data.load_image_dataset` (their ``train`` is used).
         backbones: candidate names (registered, or ``timm:<model>``), each at most once.
         store: feature store; features computed once are reused by later rankings and by training (a fine-tune
-            at the same image size reads them for its frozen head stage). ``None``: the default store
-            (``$HEADSTART_CACHE`` or ``~/.cache/headstart``), the one :class:`~headstart.ImageClassifier` uses.
+            at the same image size reads them for its frozen head stage; ``FeatureStore()`` is the store
+            :class:`~headstart.ImageClassifier` uses by default). ``None`` caches nothing.
         runtime: frozen-feature runtime: ``auto``, ``openvino``, ``onnxruntime`` or ``torch``.
         seed: seed of the hold-out split (plain class folders), of the CV folds and of ``"random"`` weights.
         n_folds: folds of the cross-validated probe (fewer when the smallest class is smaller).
@@ -239,7 +239,6 @@ def rank_backbones(
         shown.print(f"[yellow]Warning:[/yellow] {message}")
 
     warn = warn_on_console if console is not None or progress else None
-    store = store if store is not None else FeatureStore()
     splits = data if isinstance(data, DatasetSplits) else load_image_dataset(data, val_fraction=val_fraction, seed=seed)
     train = splits.train
     paths, labels = list(train.paths), np.asarray(train.labels, dtype=np.int64)
