@@ -30,6 +30,7 @@ __all__ = [
     "Clock",
     "backbone_preprocessing",
     "create_lite0",
+    "finish",
     "log_epoch",
     "machine",
     "subset_indices",
@@ -111,6 +112,13 @@ def log_epoch(record: dict[str, Any]) -> None:
     parts.append(f"epoch {record['epoch_seconds']:.1f}s")
     parts.append(f"elapsed {record['seconds']:.1f}s")
     print("  ".join(parts), flush=True)
+
+
+def finish(contestant: str, results: dict[str, Any], seconds_total: float, path: Path | None) -> None:
+    """Print a training peer's closing line and write its JSON."""
+    print(f"{contestant}: best val acc {results['best_val_accuracy']:.4f} (epoch {results['best_epoch']},"
+          f" {results['seconds_to_best']:.1f}s), final {results['final_val_accuracy']:.4f}, total {seconds_total:.1f}s")
+    write_json(path, results)
 
 
 def write_json(path: Path | None, results: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peer_common import DATA, Clock, backbone_preprocessing, create_lite0, log_epoch, machine, subset_indices, summary, write_json  # noqa: I001
+from peer_common import DATA, Clock, backbone_preprocessing, create_lite0, finish, log_epoch, machine, subset_indices, summary  # noqa: I001
 
 import torch
 from torch import nn
@@ -135,9 +135,7 @@ def main() -> None:
                 "n_train": dataset_sizes["train"], "n_val": dataset_sizes["val"]},
         machine=machine(),
     )
-    print(f"{CONTESTANT}: best val acc {results['best_val_accuracy']:.4f} (epoch {results['best_epoch']},"
-          f" {results['seconds_to_best']:.1f}s), final {results['final_val_accuracy']:.4f}, total {seconds_total:.1f}s")
-    write_json(args.json, results)
+    finish(CONTESTANT, results, seconds_total, args.json)
 
 
 if __name__ == "__main__":
