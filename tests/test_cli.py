@@ -130,6 +130,8 @@ def test_compare_prints_one_table_and_writes_json_and_chart(sample_dir: Path, tm
     assert "macro" in result.output and "predict" in result.output and "knn" in result.output
     bad = runner.invoke(app, ["compare", str(sample_dir), "--candidates", "linear,svm"])
     assert bad.exit_code == 2 and "Fix:" in bad.output
+    too_many_folds = runner.invoke(app, ["compare", str(sample_dir), "--folds", "40", "--candidates", "linear"])
+    assert too_many_folds.exit_code == 2 and "images per class" in too_many_folds.output, too_many_folds.output
 
 
 def test_lr_find_writes_plot_and_suggestion(sample_dir: Path, tmp_path: Path) -> None:

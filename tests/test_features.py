@@ -218,3 +218,15 @@ def test_fast_runtime_parity_with_pretrained_lite0(shared_data: Path, tmp_path: 
     features = fast.extract(paths)
     assert fast.report.runtime == available_runtimes()[0]
     assert row_cosine(features, reference).min() >= PARITY_MIN_COSINE
+
+
+def test_engines_refuse_float_batches() -> None:
+    """A normalised float batch cast to uint8 would give garbage features without any error."""
+    from headstart.errors import ParameterError
+
+    model, _ = create_backbone(TINY_BACKBONE, 0, weights="random")
+    engine = create_engine(model, mean=(0.5,) * 3, std=(0.5,) * 3, runtime="torch", image_size=64, export_dir=None,
+                           parity_images=None)
+    assert engine(np.zeros((1, 3, 64, 64), dtype=np.uint8)).shape == (1, model.num_features)
+    with pytest.raises(ParameterError, match="uint8 pixels.*float32"):
+        engine(np.zeros((1, 3, 64, 64), dtype=np.float32))

@@ -344,6 +344,7 @@ class ImageClassifier:
             atomic_write_json(run_dir / "data.json", splits.summary())
 
         self.head_ = None
+        self._predict_extractor = None  # a refit must never predict with the previous model's extractor
         if self.head != "linear":
             state, best_probabilities = self._fit_sklearn_head(extractor, splits, views, console)
             model.reset_classifier(0)
@@ -462,7 +463,8 @@ class ImageClassifier:
     def _write_run(self, run_dir: Path, skipped: list[SkippedFile], console: Console) -> None:
         model_dir = self.save(run_dir / "model")
         metrics = {**self.metrics_, "strategy": self.strategy_, "epochs": self.epochs_, "best_epoch": self.best_epoch_,
-                   "fit_seconds": self.fit_seconds_, "processes": self.processes_, "skipped_count": len(skipped)}
+                   "fit_seconds": self.fit_seconds_, "processes": self.processes_, "skipped_count": len(skipped),
+                   "calibration": self.calibration_, "features": self.features_report_}
         atomic_write_json(run_dir / "metrics.json", metrics)
         atomic_write_json(run_dir / "history.json", self.history_)
         plot_training_curves(self.history_, run_dir / "curves.png", best_epoch=self.best_epoch_)
@@ -470,17 +472,12 @@ class ImageClassifier:
                               title="Confusion matrix (validation)")
         calibration_line = ""
         if self.calibration_ is not None:
-            metrics["calibration"] = self.calibration_
-            atomic_write_json(run_dir / "metrics.json", metrics)
             before, labels = self._val_for_plot
             plot_reliability_diagram(before, apply_temperature(before, self.temperature_), labels,
                                      run_dir / "reliability.png", title="Reliability (validation)")
             calibration_line = (f"calibration: temperature {self.temperature_:.3f} fitted on validation; ECE"
                                 f" {self.calibration_['ece_before']:.4f} -> {self.calibration_['ece_after']:.4f},"
                                 f" NLL {self.calibration_['nll_before']:.4f} -> {self.calibration_['nll_after']:.4f}\n")
-        if self.features_report_ is not None:
-            metrics["features"] = self.features_report_
-            atomic_write_json(run_dir / "metrics.json", metrics)
         summary = (
             f"headstart run {run_dir}\n"
             f"backbone {self.backbone_spec_['name']} ({self.backbone_spec_['weights']}), strategy {self.strategy_},"

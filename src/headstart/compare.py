@@ -27,7 +27,7 @@ from rich.table import Table
 
 from headstart.backbones import DEFAULT_BACKBONE
 from headstart.data.images import ImageSamples, load_image_dataset
-from headstart.errors import ParameterError
+from headstart.errors import DataError, ParameterError, check_choice
 from headstart.evaluate import classification_metrics
 from headstart.heads import HEADS
 from headstart.storage import atomic_write_json
@@ -133,10 +133,7 @@ def compare_candidates(
     if not candidates:
         raise ParameterError("compare needs at least one candidate.", fix=f"Pass some of {', '.join(CANDIDATES)}.")
     for name in candidates:
-        if name not in CANDIDATES:
-            from headstart.errors import check_choice
-
-            check_choice("compare", "candidates", name, CANDIDATES)
+        check_choice("compare", "candidates", name, CANDIDATES)
     if not seeds:
         raise ParameterError("compare needs at least one seed.", fix="Pass seeds=(0,) or --seeds 0,1,2.")
     if folds is not None and (folds < 2 or len(seeds) > 1):
@@ -152,6 +149,11 @@ def compare_candidates(
         for extra in (splits.val, splits.test):
             if extra is not None:
                 pooled = ImageSamples([*pooled.paths, *extra.paths], [*pooled.labels, *extra.labels], pooled.classes)
+        smallest = min(pooled.class_counts().items(), key=lambda item: item[1])
+        if smallest[1] < folds:
+            raise DataError(f"{folds}-fold cross-validation needs at least {folds} images per class; class"
+                            f" {smallest[0]!r} has {smallest[1]}.",
+                            fix=f"Use --folds {max(2, smallest[1])} or fewer, or add images to {smallest[0]!r}.")
         fold = _folds_of(pooled, folds, seeds[0])
         for k in range(folds):
             train = ([p for p, f in zip(pooled.paths, fold) if f != k], [y for y, f in zip(pooled.labels, fold) if f != k])

@@ -42,6 +42,18 @@ def view_names(n_augmented: int = 0, *, mirror: bool = True) -> list[str]:
     return ["center", *(["mirror"] if mirror else []), *(f"augment-{k}" for k in range(n_augmented))]
 
 
+def extraction_workers(n_items: int) -> int:
+    """Decoding processes for frozen extraction: two on small CPUs, where one cannot keep up with a fast runtime.
+
+    Measured on 2 cores (bench/extraction_workers.py, OpenVINO): 81-83 images/s with one worker, 87-92 with two;
+    training keeps :func:`~headstart.inference.auto_num_workers`' single worker, its model needs the cores.
+    """
+    cpus = os.cpu_count() or 1
+    if n_items < 32 or cpus > 4:
+        return auto_num_workers(n_items)
+    return min(2, cpus)
+
+
 class _SeededViewDataset(Dataset):
     """The k-th random augmentation of each file, the same every time: the RNG is seeded by the file's digest."""
 
@@ -160,9 +172,8 @@ class FeatureExtractor:
         key = self.key(view)
         caching = self.store is not None and self.cache_features
         found = self.store.lookup(key, digests) if caching else {}
-        missing = sorted({i for i, d in enumerate(digests) if d not in found},
-                         key=lambda i: i)  # first occurrence order; duplicates computed once below
-        unique_missing: dict[bytes, int] = {}
+        missing = [i for i, d in enumerate(digests) if d not in found]
+        unique_missing: dict[bytes, int] = {}  # files with identical bytes are computed once
         for index in missing:
             unique_missing.setdefault(digests[index], index)
         computed: dict[bytes, np.ndarray] = {}
@@ -184,17 +195,17 @@ class FeatureExtractor:
         return np.stack([table[d] for d in digests]).astype(np.float32, copy=False)
 
     def _run(self, dataset: Dataset, description: str) -> np.ndarray:
-        workers = auto_num_workers(len(dataset)) if self.num_workers is None else self.num_workers
+        workers = extraction_workers(len(dataset)) if self.num_workers is None else self.num_workers
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
                             prefetch_factor=4 if workers else None)
         outputs: list[np.ndarray] = []
+        images_dataset = dataset.images if isinstance(dataset, _SeededViewDataset) else dataset
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        console=self.console, transient=True, disable=not self.progress)
         with bar:
             task = bar.add_task(description, total=len(dataset))
             for images, labels in loader:
-                dataset_images = dataset.images if isinstance(dataset, _SeededViewDataset) else dataset
-                dataset_images.raise_for_failures(labels)
+                images_dataset.raise_for_failures(labels)
                 batch = images.numpy()
                 outputs.append(self._engine(batch)(batch))
                 bar.update(task, advance=len(batch))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.errors import check_choice
+from headstart.errors import ParameterError, check_choice
 from headstart.storage import temporary_sibling
 
 __all__ = [
@@ -72,7 +72,11 @@ class FeatureEngine:
     parity: float = 1.0
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self.run(np.ascontiguousarray(pixels, dtype=np.uint8))
+        if pixels.dtype != np.uint8:  # a float batch cast to uint8 would be garbage features, silently
+            raise ParameterError(
+                f"A feature engine takes uint8 pixels (n, 3, h, w); got dtype {pixels.dtype}.",
+                fix="Build the transform with build_transform(..., as_uint8=True); engines normalise themselves.")
+        return self.run(np.ascontiguousarray(pixels))
 
 
 def available_runtimes() -> list[str]:
