@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -31,12 +32,14 @@ BUNDLE_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 HEAD_FILE = "head.skops"
+ENCODER_DIR = "encoder"
+ENCODER_TASKS = ("text_classification", "audio_classification")
 
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("headstart", "torch", "torchvision", "timm", "safetensors", "lightning-fabric", "numpy", "pillow",
-                    "scikit-learn", "skops"):
+                    "scikit-learn", "skops", "transformers", "peft", "soundfile", "soxr"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -62,12 +65,15 @@ class Bundle:
         return Preprocessing.from_dict(self.config["preprocessing"])
 
 
-def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any], *, head: Any = None) -> Path:
+def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any], *, head: Any = None,
+                encoder_files: Callable[[Path], None] | None = None) -> Path:
     """Write ``model`` (a timm classifier) and ``config`` to the folder ``path``, replacing it atomically.
 
     ``config`` must hold ``architecture``, ``classes`` and ``preprocessing``; format and library versions
     are added here. A scikit-learn ``head`` (on the backbone's pooled features; the model then has no
-    classifier) is written as ``head.skops``: JSON and numpy arrays in a zip, no pickle.
+    classifier) is written as ``head.skops``: JSON and numpy arrays in a zip, no pickle. ``encoder_files``
+    writes what rebuilds a text/audio encoder's structure (transformers config, tokenizer or feature extractor;
+    no weights) into the bundle's ``encoder/`` folder.
     """
     missing = [key for key in ("architecture", "classes", "preprocessing") if key not in config]
     if missing:
@@ -84,6 +90,9 @@ def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str
         atomic_save_tensors(temporary / WEIGHTS_FILE, model.state_dict(), metadata={"format": "pt"})
         if head is not None:
             save_sklearn_head(head, temporary / HEAD_FILE)
+        if encoder_files is not None:
+            (temporary / ENCODER_DIR).mkdir()
+            encoder_files(temporary / ENCODER_DIR)
         atomic_write_json(temporary / CONFIG_FILE, full)
     return Path(path)
 
@@ -131,9 +140,14 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
         head = load_sklearn_head(path / HEAD_FILE)
     num_classes = int(head_config.get("backbone_classes", len(config["classes"])))
     try:
-        model = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes)
+        if config.get("task") in ENCODER_TASKS:
+            from headstart.encoders.net import build_encoder_net
+
+            model = build_encoder_net(config, path / ENCODER_DIR)
+        else:
+            model = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes)
         model.load_state_dict(load_tensors(weights_file))
-    except (RuntimeError, OSError, SafetensorError) as error:
+    except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as error:
         raise BundleError(
             f"{weights_file} does not match a {config['architecture']} with {len(config['classes'])} classes:"
             f" {str(error).splitlines()[0][:300]}",

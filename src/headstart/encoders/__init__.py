@@ -1,0 +1,1 @@
+"""Pretrained text and audio encoders, the encoder + head network, and its training loop."""
