@@ -5,7 +5,13 @@
 True
 """
 
-from headstart.backbones import DEFAULT_BACKBONE, create_backbone, get_backbone_spec, list_backbones
+from headstart.audio_classifier import AudioClassifier
+from headstart.backbones import (
+    DEFAULT_BACKBONE,
+    create_backbone,
+    get_backbone_spec,
+    list_backbones,
+)
 from headstart.bundle import load_bundle
 from headstart.classifier import ImageClassifier
 from headstart.errors import (
@@ -17,10 +23,16 @@ from headstart.errors import (
     ResumeError,
     WeightsNotFoundError,
 )
+from headstart.tasks import detect_task, load_model
+from headstart.text_classifier import TextClassifier
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AudioClassifier",
+    "TextClassifier",
+    "detect_task",
+    "load_model",
     "DEFAULT_BACKBONE",
     "BundleError",
     "DataError",

@@ -36,7 +36,9 @@ class AudioClassifier(EncoderClassifier):
         strategy: ``auto`` (``fine_tune`` from 1,000 training clips, else ``linear_probe``), ``linear_probe``,
             ``fine_tune`` or ``lora`` (transformers models only).
         clip_seconds: clip length; ``None`` covers 95% of the training clips (at least 0.5 s, at most 10 s).
-        sample_rate: resampling target for ``logmel`` encoders (transformers models use their own rate).
+        sample_rate: resampling target for ``logmel`` encoders; ``None``: the training files' most common rate,
+            kept within [8000, 16000] Hz (upsampling 8 kHz speech only adds an empty upper half to the picture).
+            Transformers models always use their own rate.
         image_size: side of the spectrogram picture for ``logmel`` encoders.
         spec_augment: SpecAugment time/frequency masking while fine-tuning a ``logmel`` encoder.
         freeze_feature_encoder: keep a transformers model's convolutional waveform encoder frozen.
@@ -52,7 +54,7 @@ class AudioClassifier(EncoderClassifier):
 
     def __init__(self, backbone: str = "logmel:efficientnet_lite0", *, strategy: str = "auto", head: str = "linear",
                  epochs: int | None = None, weights: str = "auto", lr: float | None = None, batch_size: int = 32,
-                 clip_seconds: float | None = None, sample_rate: int = 16000, image_size: int = 160,
+                 clip_seconds: float | None = None, sample_rate: int | None = None, image_size: int = 160,
                  spec_augment: bool = True, freeze_feature_encoder: bool = True, layer_decay: float = 0.8,
                  lora_rank: int = 8, lora_merge: bool = True, drop_rate: float = 0.2, label_smoothing: float = 0.1,
                  weight_decay: float = 0.01, patience: int | None = 3, monitor: str = "val_loss",
@@ -76,8 +78,9 @@ class AudioClassifier(EncoderClassifier):
         if self.clip_seconds is not None and (not isinstance(self.clip_seconds, (int, float))
                                               or not 0.1 <= self.clip_seconds <= 60):
             raise self._bad("clip_seconds", "a number of seconds in [0.1, 60] or None")
-        if not isinstance(self.sample_rate, int) or not 4000 <= self.sample_rate <= 96000:
-            raise self._bad("sample_rate", "an integer in [4000, 96000]")
+        if self.sample_rate is not None and (not isinstance(self.sample_rate, int)
+                                             or not 4000 <= self.sample_rate <= 96000):
+            raise self._bad("sample_rate", "an integer in [4000, 96000] or None")
         if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 512:
             raise self._bad("image_size", "an integer in [32, 512]")
         if self.strategy == "lora" and self.backbone.startswith("logmel:"):
@@ -96,9 +99,10 @@ class AudioClassifier(EncoderClassifier):
         from headstart.data.audio import choose_clip_seconds
         from headstart.encoders.audio import create_audio_encoder
 
+        sample_rate = self.sample_rate or _common_rate(splits.train.paths)
         encoder, description = create_audio_encoder(
             self.backbone, weights=self.weights, allow_download=self.allow_download, image_size=self.image_size,
-            spec_augment=self.spec_augment, sample_rate=self.sample_rate,
+            spec_augment=self.spec_augment, sample_rate=sample_rate,
             freeze_feature_encoder=self.freeze_feature_encoder)
         durations = [d for d in (splits.train.durations or []) if d]
         self.clip_seconds_ = float(self.clip_seconds) if self.clip_seconds is not None else (
@@ -182,3 +186,18 @@ class AudioClassifier(EncoderClassifier):
         return self._evaluate_samples(samples, skipped, data=data, out=out, n_bootstrap=n_bootstrap,
                                       names=[str(p) for p in samples.paths])
 
+
+def _common_rate(paths: Sequence[Any], *, low: int = 8000, high: int = 16000) -> int:
+    """The most common sample rate among (up to 200 of) the files, kept within [low, high]."""
+    from collections import Counter
+
+    import soundfile
+
+    rates = Counter()
+    for path in list(paths)[:200]:
+        try:
+            rates[int(soundfile.info(str(path)).samplerate)] += 1
+        except (RuntimeError, OSError, soundfile.LibsndfileError):
+            continue
+    rate = rates.most_common(1)[0][0] if rates else high
+    return int(min(high, max(low, rate)))

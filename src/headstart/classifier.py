@@ -20,11 +20,10 @@ import numpy as np
 import timm
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from headstart.backbones import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
 from headstart.bundle import load_bundle, save_bundle
-from headstart.calibration import apply_temperature, calibration_report, fit_temperature, plot_reliability_diagram
+from headstart.calibration import apply_temperature
 from headstart.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DatasetSplits,
@@ -34,16 +33,23 @@ from headstart.data.images import (
 from headstart.errors import DataError, NotFittedError, ParameterError, check_choice
 from headstart.evaluate import classification_metrics, format_summary
 from headstart.inference import predict_files
-from headstart.plots import plot_confusion_matrix, plot_training_curves
-from headstart.storage import atomic_write_json, atomic_write_text
+from headstart.plots import plot_confusion_matrix
+from headstart.reporting import (
+    MIN_CALIBRATION_EXAMPLES,
+    Calibration,
+    calibrate_on_validation,
+    print_skipped,
+    print_splits,
+    write_run_report,
+)
+from headstart.storage import atomic_write_json
 from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, view_names
 from headstart.heads import HEADS
 from headstart.strategies import STRATEGIES
 
 __all__ = ["ImageClassifier", "frozen_feature_size", "print_skipped"]
 
-# Temperature scaling needs a validation set with some errors to say anything about confidence.
-MIN_CALIBRATION_IMAGES = 30
+MIN_CALIBRATION_IMAGES = MIN_CALIBRATION_EXAMPLES  # kept for callers of the image-only name
 
 
 def frozen_feature_size(pretrained_size: int) -> int:
@@ -266,7 +272,7 @@ class ImageClassifier:
 
         splits = load_image_dataset(data, val=val, val_fraction=self.val_fraction, seed=self.seed,
                                     max_pixels=self.max_image_pixels)
-        self._print_data(console, splits)
+        print_splits(console, splits)
 
         strategy, epochs = self.strategy, self.epochs
         n_train = len(splits.train)
@@ -375,19 +381,10 @@ class ImageClassifier:
         self.temperature_ = 1.0
         probabilities = best_probabilities if best_probabilities is not None else self.predict_proba(splits.val.paths)
         self.metrics_ = classification_metrics(splits.val.labels, probabilities, classes=self.classes_, seed=self.seed)
-        self.calibration_ = None
-        val_errors = int((probabilities.argmax(1) != np.asarray(splits.val.labels)).sum())
-        if self.calibrate and (len(splits.val) < MIN_CALIBRATION_IMAGES or val_errors == 0):
-            # With no validation error the NLL falls as the temperature falls, so the fit would only make the
-            # model more confident; with a handful of images the fitted temperature is noise.
-            console.print(f"Calibration skipped: {len(splits.val)} validation images, {val_errors} errors (needs >="
-                          f" {MIN_CALIBRATION_IMAGES} images and at least one error).", highlight=False)
-        elif self.calibrate:
-            self.temperature_ = fit_temperature(probabilities, np.asarray(splits.val.labels))
-            self.calibration_ = calibration_report(probabilities, np.asarray(splits.val.labels),
-                                                   temperature=self.temperature_)
-            self.calibration_["fitted_on"] = "validation (the ECE after scaling is optimistic there; evaluate on a test set)"
-            self._val_for_plot = (probabilities, np.asarray(splits.val.labels))
+        calibration = calibrate_on_validation(probabilities, np.asarray(splits.val.labels), enabled=self.calibrate,
+                                              console=console)
+        self.temperature_, self.calibration_, self._calibration = (calibration.temperature, calibration.report,
+                                                                   calibration)
         self.metrics_["split"] = "validation"
         self.metrics_["model_selection"] = (
             f"best epoch ({state.best_epoch} of {len(state.history)}) chosen by {config.monitor} on this validation"
@@ -444,55 +441,18 @@ class ImageClassifier:
                       f" val acc {record['val_accuracy']:.3f}", highlight=False)
         return TrainState(epoch=1, best_epoch=1, history=[record], finished=True), probabilities
 
-    def _print_data(self, console: Console, splits: DatasetSplits) -> None:
-        console.print(f"[bold]Data[/bold] {splits.split}", highlight=False)
-        table = Table(show_edge=False)
-        table.add_column("class")
-        table.add_column("train", justify="right")
-        table.add_column("val", justify="right")
-        if splits.test is not None:
-            table.add_column("test", justify="right")
-        for name in splits.classes:
-            row = [name, str(splits.train.class_counts()[name]), str(splits.val.class_counts()[name])]
-            if splits.test is not None:
-                row.append(str(splits.test.class_counts()[name]))
-            table.add_row(*row)
-        console.print(table)
-        print_skipped(console, splits.skipped)
-
     def _write_run(self, run_dir: Path, skipped: list[SkippedFile], console: Console) -> None:
         model_dir = self.save(run_dir / "model")
-        metrics = {**self.metrics_, "strategy": self.strategy_, "epochs": self.epochs_, "best_epoch": self.best_epoch_,
-                   "fit_seconds": self.fit_seconds_, "processes": self.processes_, "skipped_count": len(skipped),
-                   "calibration": self.calibration_, "features": self.features_report_}
-        atomic_write_json(run_dir / "metrics.json", metrics)
-        atomic_write_json(run_dir / "history.json", self.history_)
-        plot_training_curves(self.history_, run_dir / "curves.png", best_epoch=self.best_epoch_)
-        plot_confusion_matrix(self.metrics_["confusion_matrix"], run_dir / "confusion_matrix.png", classes=self.classes_,
-                              title="Confusion matrix (validation)")
-        calibration_line = ""
-        if self.calibration_ is not None:
-            before, labels = self._val_for_plot
-            plot_reliability_diagram(before, apply_temperature(before, self.temperature_), labels,
-                                     run_dir / "reliability.png", title="Reliability (validation)")
-            calibration_line = (f"calibration: temperature {self.temperature_:.3f} fitted on validation; ECE"
-                                f" {self.calibration_['ece_before']:.4f} -> {self.calibration_['ece_after']:.4f},"
-                                f" NLL {self.calibration_['nll_before']:.4f} -> {self.calibration_['nll_after']:.4f}\n")
-        summary = (
-            f"headstart run {run_dir}\n"
-            f"backbone {self.backbone_spec_['name']} ({self.backbone_spec_['weights']}), strategy {self.strategy_},"
-            f" {len(self.history_)} of {self.epochs_} epochs, best epoch {self.best_epoch_}, {self.fit_seconds_}s\n"
-            f"validation ({self.metrics_['model_selection']}):\n{format_summary(self.metrics_)}\n"
-            + calibration_line +
-            f"skipped files: {len(skipped)}\n"
-            + "".join(f"  {s.path}: {s.reason}\n" for s in skipped)
-        )
-        atomic_write_text(run_dir / "summary.txt", summary)
-        console.print(f"\n[bold]Validation[/bold] (best epoch {self.best_epoch_})\n{format_summary(self.metrics_)}")
-        if calibration_line:
-            console.print(calibration_line.strip(), highlight=False)
-        console.print(f"\nModel: {model_dir}\nRun folder: {run_dir} (config.json, metrics.json, history.json,"
-                      f" curves.png, confusion_matrix.png, reliability.png, summary.txt, data.json)")
+        write_run_report(
+            run_dir, model_dir=model_dir, metrics=self.metrics_, history=self.history_, best_epoch=self.best_epoch_,
+            classes=self.classes_, calibration=getattr(self, "_calibration", Calibration()), skipped=skipped,
+            console=console,
+            title=(f"backbone {self.backbone_spec_['name']} ({self.backbone_spec_['weights']}), strategy"
+                   f" {self.strategy_}, {len(self.history_)} of {self.epochs_} epochs, best epoch {self.best_epoch_},"
+                   f" {self.fit_seconds_}s"),
+            extra_metrics={"strategy": self.strategy_, "epochs": self.epochs_, "best_epoch": self.best_epoch_,
+                           "fit_seconds": self.fit_seconds_, "processes": self.processes_,
+                           "skipped_count": len(skipped), "features": self.features_report_})
 
     # -- prediction and evaluation ---------------------------------------------------------------------------
     def predict_proba(self, images: Sequence[str | os.PathLike[str]], *, batch_size: int | None = None) -> np.ndarray:
@@ -631,14 +591,3 @@ class ImageClassifier:
         classifier.skipped_ = []
         classifier.is_main_process_ = True
         return classifier
-
-
-def print_skipped(console: Console, skipped: list[SkippedFile]) -> None:
-    """Print the skipped files (the first 20) and their reasons."""
-    if not skipped:
-        return
-    console.print(f"[yellow]Skipped {len(skipped)} file(s) that cannot be used:[/yellow]")
-    for item in skipped[:20]:
-        console.print(f"  {item.path}: {item.reason}", markup=False, highlight=False)
-    if len(skipped) > 20:
-        console.print(f"  ... and {len(skipped) - 20} more (all listed in the run's data.json)")

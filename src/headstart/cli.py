@@ -39,11 +39,12 @@ def _fail(error: HeadstartError) -> None:
 
 @app.command()
 def train(
-    data: Annotated[Optional[Path], typer.Argument(help="Image folder: one subfolder per class, or train/ + val/.")] = None,
+    data: Annotated[Optional[Path], typer.Argument(help="Image folder (class subfolders, or train/ + val/); text table (CSV/TSV/JSONL/Parquet), .txt class folders or split tables; audio class folders, flat audio folder (--label-pattern) or table of paths.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<data folder name>).")] = None,
     val: Annotated[Optional[Path], typer.Option(help="Validation folder (default: DATA/val or a stratified hold-out).")] = None,
-    backbone: Annotated[str, typer.Option(help="Backbone name (see `headstart backbones`) or timm:<model>.")] = DEFAULT_BACKBONE,
-    strategy: Annotated[str, typer.Option(help="auto, linear_probe, fine_tune, gradual_unfreeze, lp_ft or full.")] = "auto",
+    task: Annotated[str, typer.Option(help="auto (detected from DATA), image, text or audio.")] = "auto",
+    backbone: Annotated[Optional[str], typer.Option(help="Images: a name from `headstart backbones` or timm:<model> (default efficientnet_lite0). Text: minilm (default), a transformers folder or hub id. Audio: logmel:<image backbone> (default logmel:efficientnet_lite0) or a transformers audio model folder/id.")] = None,
+    strategy: Annotated[str, typer.Option(help="auto, linear_probe, fine_tune; images also gradual_unfreeze, lp_ft, full; text/audio also lora.")] = "auto",
     head: Annotated[str, typer.Option(help="linear, or a scikit-learn head on frozen features: logistic, linear_svm, rbf_svm, random_forest, knn.")] = "linear",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs of the main stage (fine_tune: unfrozen epochs after one head stage; a linear probe is solved, not trained for epochs). Default: from the dataset size.")] = None,
     weights: Annotated[str, typer.Option(help="auto, random, or a local checkpoint FILE.")] = "auto",
@@ -64,11 +65,22 @@ def train(
     runtime: Annotated[str, typer.Option(help="Frozen-feature runtime: auto, openvino, onnxruntime or torch.")] = "auto",
     cache_dir: Annotated[Optional[str], typer.Option(help="Feature store folder (default $HEADSTART_CACHE or ~/.cache/headstart; 'off' disables).")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a temperature on validation predictions.")] = True,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last checkpoint.")] = None,
+    text_col: Annotated[Optional[str], typer.Option(help="Text: the table's text column (default: found by name).")] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="Text/audio tables: the label column (default: found by name).")] = None,
+    path_col: Annotated[Optional[str], typer.Option(help="Audio tables: the file-path column (default: found by name).")] = None,
+    group_col: Annotated[Optional[str], typer.Option(help="Audio tables: speaker/group column; no group is in both train and validation.")] = None,
+    group_pattern: Annotated[Optional[str], typer.Option(help="Audio: regex with one group on file names giving the speaker, e.g. '^\\d+_([^_]+)_'.")] = None,
+    label_pattern: Annotated[Optional[str], typer.Option(help="Audio in one flat folder: regex with one group on file names giving the label, e.g. '^(\\d+)_'.")] = None,
+    max_length: Annotated[int, typer.Option(help="Text: truncate to this many tokens.")] = 128,
+    clip_seconds: Annotated[Optional[float], typer.Option(help="Audio: clip length (default: covers 95% of training clips).")] = None,
+    layer_decay: Annotated[float, typer.Option(help="Text/audio fine_tune: each layer learns this times as fast as the next.")] = 0.8,
+    lora_rank: Annotated[int, typer.Option(help="Text/audio lora: adapter rank.")] = 8,
+    lora_merge: Annotated[bool, typer.Option("--lora-merge/--no-lora-merge", help="Save LoRA adapters folded into the weights (default) or separately.")] = True,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last checkpoint (images).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars or epoch lines.")] = False,
 ) -> None:
-    """Train a classifier on an image folder; writes the run (model, metrics, plots) to --out."""
+    """Train a classifier on images, texts or audio; writes the run (model, metrics, plots) to --out."""
     from headstart.classifier import ImageClassifier
     from headstart.storage import read_json
     from headstart.train import process_rank
@@ -88,6 +100,10 @@ def train(
                                      fix=f"Run `headstart train --resume {resume}` alone (--quiet is allowed).")
             try:
                 saved = read_json(config_file)
+                if saved.get("task", "image_classification") != "image_classification":
+                    raise ParameterError(f"--resume {resume}: {saved['task']} runs cannot be resumed (they keep no"
+                                         " checkpoints; their fine-tuning is a few epochs).",
+                                         fix="Start the run again with --overwrite.")
                 params, saved_data, saved_val = saved["params"], saved["data"], saved["val"]
             except (ValueError, KeyError, TypeError) as error:
                 raise ResumeError(f"{config_file} is damaged or not from headstart train ({error!r}).",
@@ -112,8 +128,29 @@ def train(
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
+        from headstart.tasks import detect_task, estimator_class
+
+        chosen = detect_task(data) if task == "auto" else task
+        if chosen != "image":
+            options = dict(strategy=strategy, head=head, epochs=epochs, weights=weights, lr=lr, batch_size=batch_size,
+                           patience=patience or None, monitor=monitor, class_weights=class_weights, seed=seed,
+                           val_fraction=val_fraction, layer_decay=layer_decay, lora_rank=lora_rank,
+                           lora_merge=lora_merge, label_column=label_col, cache_dir=cache_dir, calibrate=calibrate,
+                           progress=not quiet)
+            if chosen == "text":
+                options.update(text_column=text_col, max_length=max_length)
+            else:
+                options.update(path_column=path_col, group_column=group_col, group_pattern=group_pattern,
+                               label_pattern=label_pattern, clip_seconds=clip_seconds)
+                if image_size is not None:
+                    options["image_size"] = image_size
+            cls = estimator_class(chosen)
+            estimator = cls(backbone, **options) if backbone else cls(**options)
+            console.print(f"[bold]Task[/bold] {chosen}" + (" (detected)" if task == "auto" else ""))
+            estimator.fit(data, val=val, out=out)
+            return
         classifier = ImageClassifier(
-            backbone, strategy=strategy, head=head, epochs=epochs, weights=weights, lr=lr, batch_size=batch_size,
+            backbone or DEFAULT_BACKBONE, strategy=strategy, head=head, epochs=epochs, weights=weights, lr=lr, batch_size=batch_size,
             image_size=image_size, patience=patience or None, monitor=monitor, class_weights=class_weights,
             seed=seed, val_fraction=val_fraction, devices=devices, accelerator=accelerator, precision=precision,
             num_workers=num_workers, lr_mult=lr_mult, augmented_views=augmented_views, runtime=runtime,
@@ -130,14 +167,15 @@ _TRAIN_DEFAULTS = {name: parameter.default for name, parameter in inspect.signat
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Model folder (e.g. runs/NAME/model).")],
-    data: Annotated[Path, typer.Argument(help="Labelled image folder, one subfolder per class.")],
+    data: Annotated[Path, typer.Argument(help="Labelled data like the model's training data: image class folders, a text table, audio class folders or table.")],
     out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, confusion_matrix.png, predictions.json.")] = None,
 ) -> None:
-    """Evaluate a saved model on labelled images."""
-    from headstart.classifier import ImageClassifier
+    """Evaluate a saved model on labelled data (images, texts or audio, as the model was trained)."""
+    from headstart.tasks import load_model
 
     try:
-        classifier = ImageClassifier.load(model)
+        classifier = load_model(model)
+        classifier.progress = True  # a model trained with --quiet still reports its evaluation here
         classifier.evaluate(data, out=out)
         if out is not None:
             console.print(f"Wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'predictions.json'}")
@@ -145,54 +183,113 @@ def evaluate(
         _fail(error)
 
 
+def _image_inputs(items: list[str], classifier: object) -> tuple[list[Path], list[object]]:
+    from headstart.data.images import ImageDecodeError, SkippedFile, list_image_files, load_image
+
+    files: list[Path] = []
+    skipped: list[object] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found, not_images = list_image_files(item)
+            files += found
+            skipped += not_images
+        elif item.is_file():
+            files.append(item)
+        else:
+            skipped.append(SkippedFile(str(item), "no such file or folder"))
+    usable: list[Path] = []
+    for file in files:
+        try:
+            load_image(file, max_pixels=classifier.max_image_pixels, draft_size=32)
+            usable.append(file)
+        except ImageDecodeError as error:
+            skipped.append(SkippedFile(str(file), error.reason))
+    return usable, skipped
+
+
+def _audio_inputs(items: list[str]) -> tuple[list[Path], list[object]]:
+    from headstart.data.audio import AUDIO_EXTENSIONS, inspect_audio
+    from headstart.data.images import SkippedFile
+
+    files: list[Path] = []
+    skipped: list[object] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        elif item.is_file():
+            files.append(item)
+        else:
+            skipped.append(SkippedFile(str(item), "no such file or folder"))
+    usable = []
+    for file in files:
+        _, problem, _ = inspect_audio(file)
+        if problem is None:
+            usable.append(file)
+        else:
+            skipped.append(SkippedFile(str(file), problem))
+    return usable, skipped
+
+
+def _text_inputs(items: list[str], text_col: str | None) -> list[str]:
+    import sys
+
+    from headstart.data.text import read_text_lines
+
+    texts: list[str] = []
+    for item in items:
+        if item == "-":
+            texts += [line.strip() for line in sys.stdin if line.strip()]
+        elif Path(item).is_file():
+            texts += read_text_lines(item, text_column=text_col)
+        else:
+            texts.append(item)
+    return texts
+
+
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="Model folder (e.g. runs/NAME/model).")],
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
-    top_k: Annotated[int, typer.Option(help="How many labels to show per image.")] = 3,
+    inputs: Annotated[list[str], typer.Argument(help="Image model: image files/folders. Audio model: audio files/folders. Text model: texts, .txt files (one text per line), tables, or - for stdin lines.")],
+    top_k: Annotated[int, typer.Option(help="How many labels to show per input.")] = 3,
+    text_col: Annotated[Optional[str], typer.Option(help="Text model given a table: its text column.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
-    """Predict the top-k labels of images (folders are searched recursively; unreadable files are listed)."""
-    from headstart.classifier import ImageClassifier, print_skipped
-    from headstart.data.images import ImageDecodeError, SkippedFile, list_image_files, load_image
+    """Predict the top-k labels of images, texts or audio files (unreadable files are listed, not fatal)."""
+    from headstart.reporting import print_skipped
+    from headstart.tasks import load_model
 
     try:
         if top_k < 1:
             raise ParameterError(f"--top-k must be >= 1. Got {top_k}.", fix="Pass --top-k 1 or more.")
-        classifier = ImageClassifier.load(model)
-        files: list[Path] = []
-        skipped: list[SkippedFile] = []
-        for item in images:
-            if item.is_dir():
-                found, not_images = list_image_files(item)
-                files += found
-                skipped += not_images
-            elif item.is_file():
-                files.append(item)
-            else:
-                skipped.append(SkippedFile(str(item), "no such file or folder"))
-        usable: list[Path] = []
-        for file in files:
-            try:
-                load_image(file, max_pixels=classifier.max_image_pixels, draft_size=32)
-                usable.append(file)
-            except ImageDecodeError as error:
-                skipped.append(SkippedFile(str(file), error.reason))
+        classifier = load_model(model)
+        task = getattr(classifier, "modality", "image")
+        skipped: list[object] = []
+        if task == "text":
+            usable: list = _text_inputs(inputs, text_col)
+            names = [t if len(t) <= 80 else t[:77] + "..." for t in usable]
+        elif task == "audio":
+            usable, skipped = _audio_inputs(inputs)
+            names = [str(p) for p in usable]
+        else:
+            usable, skipped = _image_inputs(inputs, classifier)
+            names = [str(p) for p in usable]
         print_skipped(error_console, skipped)
+        if not usable:
+            raise ParameterError(f"None of the inputs is a usable {task} input.",
+                                 fix=f"Pass {task} files or folders" + (" or texts." if task == "text" else "."))
         probabilities = classifier.predict_proba(usable)
         k = min(top_k, len(classifier.classes_))
-        table = Table("image", *[f"#{i + 1}" for i in range(k)], show_edge=False)
-        for file, row in zip(usable, probabilities):
+        key = {"text": "text", "audio": "file"}.get(task, "image")
+        table = Table(key, *[f"#{i + 1}" for i in range(k)], show_edge=False)
+        for item, name, row in zip(usable, names, probabilities):
             order = row.argsort()[::-1][:k]
             top = [(classifier.classes_[i], float(row[i])) for i in order]
             if as_json:
-                print(json.dumps({"image": str(file), "top_k": [{"label": c, "probability": p} for c, p in top]}))
+                print(json.dumps({key: str(item), "top_k": [{"label": c, "probability": p} for c, p in top]}))
             else:
-                table.add_row(str(file), *[f"{c} {p:.3f}" for c, p in top])
+                table.add_row(name, *[f"{c} {p:.3f}" for c, p in top])
         if not as_json:
             console.print(table)
-        if not usable:
-            raise ParameterError("None of the given paths is a readable image.", fix="Pass image files or folders of images.")
     except HeadstartError as error:
         _fail(error)
 
@@ -334,12 +431,29 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+_DEFAULT_RANKED = {"image": "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
+                   "text": "minilm",
+                   "audio": "logmel:efficientnet_lite0,logmel:efficientnet_lite1,logmel:efficientnet_lite2"}
+
+
+def _data_options(data: Path, task: str, text_col: str | None, label_col: str | None, label_pattern: str | None,
+                  group_pattern: str | None) -> dict[str, str]:
+    """Text/audio reading options given on the command line, for the estimator of the data's task."""
+    from headstart.tasks import detect_task
+
+    task = detect_task(data) if task == "auto" else task
+    given = {"text": {"text_column": text_col, "label_column": label_col},
+             "audio": {"label_column": label_col, "label_pattern": label_pattern, "group_pattern": group_pattern}}
+    return {k: v for k, v in given.get(task, {}).items() if v is not None}
+
+
 @app.command()
 def compare(
-    data: Annotated[Path, typer.Argument(help="Image folder: class folders, or train/ + val/ [+ test/].")],
-    candidates: Annotated[str, typer.Option(help="Comma-separated heads and strategies: linear, logistic, linear_svm, rbf_svm, random_forest, knn, fine_tune, gradual_unfreeze, lp_ft, full.")] = "linear,logistic,linear_svm,rbf_svm,random_forest,knn,fine_tune",
+    data: Annotated[Path, typer.Argument(help="Image folder (class folders, or train/ + val/ [+ test/]), text table/folder or audio folder/table.")],
+    candidates: Annotated[str, typer.Option(help="Comma-separated heads and strategies: linear, logistic, linear_svm, rbf_svm, random_forest, knn, fine_tune; images also gradual_unfreeze, lp_ft, full; text/audio also lora.")] = "linear,logistic,linear_svm,rbf_svm,random_forest,knn,fine_tune",
+    task: Annotated[str, typer.Option(help="auto (detected from DATA), image, text or audio.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Folder for comparison.json and comparison.png (default runs/compare-<data>).")] = None,
-    backbone: Annotated[str, typer.Option(help="Backbone every candidate uses.")] = DEFAULT_BACKBONE,
+    backbone: Annotated[Optional[str], typer.Option(help="Backbone every candidate uses (default: the task's).")] = None,
     weights: Annotated[str, typer.Option(help="auto, random, or a local checkpoint FILE.")] = "auto",
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: as `train` chooses).")] = None,
     runtime: Annotated[str, typer.Option(help="Frozen-feature runtime: auto, openvino, onnxruntime or torch.")] = "auto",
@@ -347,6 +461,10 @@ def compare(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds: one run each (mean and sd reported).")] = "0",
     folds: Annotated[Optional[int], typer.Option(help="k-fold cross-validation over all labelled images instead.")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Feature store folder ('off' disables).")] = None,
+    text_col: Annotated[Optional[str], typer.Option(help="Text tables: the text column.")] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="Text/audio tables: the label column.")] = None,
+    label_pattern: Annotated[Optional[str], typer.Option(help="Flat audio folder: regex giving the label from file names.")] = None,
+    group_pattern: Annotated[Optional[str], typer.Option(help="Audio: regex giving the speaker/group from file names (folds never split a group).")] = None,
 ) -> None:
     """Train several heads/strategies on the same split and print one table (accuracy with CI, macro-F1, times)."""
     from headstart.compare import compare_candidates, format_comparison
@@ -357,9 +475,11 @@ def compare(
         except ValueError:
             raise ParameterError(f"--seeds must be comma-separated integers. Got {seeds!r}.", fix="e.g. --seeds 0,1,2") from None
         out = out or Path("runs") / f"compare-{data.resolve().name}"
-        results = compare_candidates(data, _split_list(candidates), backbone=backbone, weights=weights,
+        results = compare_candidates(data, _split_list(candidates), task=task, backbone=backbone, weights=weights,
                                      image_size=image_size, runtime=runtime, epochs=epochs, seeds=seed_list,
-                                     folds=folds, cache_dir=cache_dir, out=out, console=console)
+                                     folds=folds, cache_dir=cache_dir, out=out, console=console,
+                                     options=_data_options(data, task, text_col, label_col, label_pattern,
+                                                           group_pattern))
         console.print(format_comparison(results))
         console.print(f"Wrote {out / 'comparison.json'} and {out / 'comparison.png'}", highlight=False)
     except HeadstartError as error:
@@ -368,8 +488,13 @@ def compare(
 
 @app.command()
 def rank(
-    data: Annotated[Path, typer.Argument(help="Image folder: class folders, or train/ + val/ (only training images are used).")],
-    backbones: Annotated[str, typer.Option(help="Comma-separated candidates; NAME=FILE supplies a checkpoint, NAME=random random weights.")] = "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
+    data: Annotated[Path, typer.Argument(help="Image folder, text table/folder or audio folder/table (only training examples are used).")],
+    backbones: Annotated[Optional[str], typer.Option(help="Comma-separated candidates; NAME=FILE supplies a checkpoint, NAME=random random weights. Default: images efficientnet_lite0,1,2; text minilm,minilm=random; audio logmel:efficientnet_lite0,1,2.")] = None,
+    task: Annotated[str, typer.Option(help="auto (detected from DATA), image, text or audio.")] = "auto",
+    text_col: Annotated[Optional[str], typer.Option(help="Text tables: the text column.")] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="Text/audio tables: the label column.")] = None,
+    label_pattern: Annotated[Optional[str], typer.Option(help="Flat audio folder: regex giving the label from file names.")] = None,
+    group_pattern: Annotated[Optional[str], typer.Option(help="Audio: regex giving the speaker/group from file names.")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Feature store folder ('off' disables).")] = None,
     runtime: Annotated[str, typer.Option(help="Frozen-feature runtime: auto, openvino, onnxruntime or torch.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for the split and the CV folds.")] = 0,
@@ -380,7 +505,11 @@ def rank(
     from headstart.rank import format_ranking, rank_backbones
     from headstart.storage import atomic_write_json
 
+    from headstart.tasks import detect_task
+
     try:
+        chosen = detect_task(data) if task == "auto" else task
+        backbones = backbones or _DEFAULT_RANKED[chosen]
         names: list[str] = []
         weights: dict[str, str] = {}
         for item in _split_list(backbones):
@@ -389,8 +518,9 @@ def rank(
             if source:
                 weights[name] = source
         store = None if cache_dir == "off" else FeatureStore(cache_dir)
-        scores = rank_backbones(data, names, store=store, runtime=runtime, seed=seed, weights=weights, progress=True,
-                                console=console)
+        scores = rank_backbones(data, names, task=chosen, store=store, runtime=runtime, seed=seed, weights=weights,
+                                progress=True, console=console,
+                                options=_data_options(data, chosen, text_col, label_col, label_pattern, group_pattern))
         console.print(format_ranking(scores))
         if out is not None:
             atomic_write_json(out, [score.to_dict() for score in scores])

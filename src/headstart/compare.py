@@ -33,12 +33,14 @@ from headstart.heads import HEADS
 from headstart.storage import atomic_write_json
 from headstart.strategies import STRATEGIES
 
-__all__ = ["CANDIDATES", "DEFAULT_CANDIDATES", "CandidateResult", "compare_candidates", "format_comparison",
-           "plot_comparison"]
+__all__ = ["CANDIDATES", "ENCODER_CANDIDATES", "DEFAULT_CANDIDATES", "CandidateResult", "compare_candidates",
+           "format_comparison", "plot_comparison"]
 
 # "linear" is the solved linear probe; the other heads are scikit-learn models on frozen features; the
 # strategies (except linear_probe, the same as "linear") train the network.
 CANDIDATES = (*HEADS, *(s for s in STRATEGIES if s != "linear_probe"))
+# text and audio: the same heads, then fine-tuning or LoRA of the encoder
+ENCODER_CANDIDATES = (*HEADS, "fine_tune", "lora")
 DEFAULT_CANDIDATES = ("linear", "logistic", "linear_svm", "rbf_svm", "random_forest", "knn", "fine_tune")
 
 
@@ -79,21 +81,43 @@ def _link_split(root: Path, parts: dict[str, tuple[list[Path], list[int]]], clas
     return root
 
 
-def _folds_of(samples: ImageSamples, k: int, seed: int) -> np.ndarray:
-    from sklearn.model_selection import StratifiedKFold
+def _folds_of(samples: Any, k: int, seed: int) -> np.ndarray:
+    """Stratified fold index of every sample; grouped (speakers) when the samples carry groups."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     fold = np.empty(len(samples), dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for index, (_, held) in enumerate(splitter.split(np.zeros(len(samples)), samples.labels)):
+    groups = getattr(samples, "groups", None)
+    splitter = (StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed) if groups else
+                StratifiedKFold(n_splits=k, shuffle=True, random_state=seed))
+    for index, (_, held) in enumerate(splitter.split(np.zeros(len(samples)), samples.labels, groups=groups)):
         fold[held] = index
     return fold
+
+
+def _pool(parts: Sequence[Any]) -> Any:
+    """One set of samples from several of the same kind (image, text or audio) sharing their classes."""
+    from headstart.data.audio import AudioSamples
+    from headstart.data.text import TextSamples
+
+    first, labels = parts[0], [label for part in parts for label in part.labels]
+    if isinstance(first, TextSamples):
+        return TextSamples([t for part in parts for t in part.texts], labels, first.classes, first.source)
+    paths = [path for part in parts for path in part.paths]
+    if isinstance(first, AudioSamples):
+        def joined(field_name: str) -> list[Any] | None:
+            values = [getattr(part, field_name) for part in parts]
+            return None if any(v is None for v in values) else [x for v in values for x in v]
+
+        return AudioSamples(paths, labels, first.classes, groups=joined("groups"), durations=joined("durations"))
+    return ImageSamples(paths, labels, first.classes)
 
 
 def compare_candidates(
     data: str | os.PathLike[str],
     candidates: Sequence[str] = DEFAULT_CANDIDATES,
     *,
-    backbone: str = DEFAULT_BACKBONE,
+    task: str = "auto",
+    backbone: str | None = None,
     weights: str = "auto",
     image_size: int | None = None,
     runtime: str = "auto",
@@ -105,16 +129,21 @@ def compare_candidates(
     n_bootstrap: int = 1000,
     console: Console | None = None,
     progress: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> list[CandidateResult]:
-    """Train every candidate on the same split(s) and score it on the same held-out images.
+    """Train every candidate on the same split(s) and score it on the same held-out examples.
 
     Args:
-        data: an image folder (class folders, or train/ + val/ [+ test/]).
-        candidates: names from :data:`CANDIDATES`: heads (``linear``, ``logistic``, ``linear_svm``,
+        data: an image folder (class folders, or train/ + val/ [+ test/]), or text / audio data as
+            :class:`~headstart.TextClassifier` / :class:`~headstart.AudioClassifier` read it.
+        candidates: names from :data:`CANDIDATES` (images): heads (``linear``, ``logistic``, ``linear_svm``,
             ``rbf_svm``, ``random_forest``, ``knn``) and strategies (``fine_tune``, ``gradual_unfreeze``,
-            ``lp_ft``, ``full``).
-        backbone: the backbone every candidate uses; ``weights``, ``image_size`` and ``runtime`` as in
-            :class:`~headstart.ImageClassifier`.
+            ``lp_ft``, ``full``); text and audio: :data:`ENCODER_CANDIDATES` (the heads, ``fine_tune``, ``lora``).
+        task: ``auto`` (detected from ``data``), ``image``, ``text`` or ``audio``.
+        backbone: the backbone every candidate uses (default: the task's default); ``weights``, ``image_size``
+            and ``runtime`` as in :class:`~headstart.ImageClassifier`.
+        options: further constructor arguments of the text/audio estimator (e.g. ``text_column``,
+            ``label_pattern``, ``group_pattern``).
         epochs: epochs of the training strategies (default: chosen from the data size).
         seeds: one run per seed; more than one reports the spread.
         folds: k-fold cross-validation over all labelled images instead of the data's own split.
@@ -128,74 +157,89 @@ def compare_candidates(
         ParameterError: unknown candidate, no candidates, bad ``seeds``/``folds``.
     """
     from headstart.classifier import ImageClassifier
+    from headstart.tasks import TASKS, detect_task, estimator_class
 
     console = console or Console(quiet=not progress)
+    check_choice("compare", "task", task, ("auto", *TASKS))
+    task = detect_task(data) if task == "auto" else task
+    allowed = CANDIDATES if task == "image" else ENCODER_CANDIDATES
     if not candidates:
-        raise ParameterError("compare needs at least one candidate.", fix=f"Pass some of {', '.join(CANDIDATES)}.")
+        raise ParameterError("compare needs at least one candidate.", fix=f"Pass some of {', '.join(allowed)}.")
     for name in candidates:
-        check_choice("compare", "candidates", name, CANDIDATES)
+        check_choice("compare", "candidates", name, allowed)
+
+    def make(params: dict[str, Any], seed: int) -> Any:
+        common = dict(epochs=epochs, seed=seed, cache_dir=cache_dir, progress=False, calibrate=False, weights=weights,
+                      **params)
+        if task == "image":
+            return ImageClassifier(backbone or DEFAULT_BACKBONE, image_size=image_size, runtime=runtime, **common)
+        extra = {**(options or {}), **({"image_size": image_size} if task == "audio" and image_size else {})}
+        cls = estimator_class(task)
+        return cls(backbone, **common, **extra) if backbone else cls(**common, **extra)
+
+    def inputs(samples: Any) -> list[Any]:
+        return list(samples.texts) if task == "text" else list(samples.paths)
+
+    probe = {"strategy": "linear_probe", "head": "linear"}
     if not seeds:
         raise ParameterError("compare needs at least one seed.", fix="Pass seeds=(0,) or --seeds 0,1,2.")
     if folds is not None and (folds < 2 or len(seeds) > 1):
         raise ParameterError(f"folds must be >= 2 and used with a single seed. Got folds={folds}, seeds={list(seeds)}.",
                              fix="Use --folds 5 alone, or --seeds 0,1,2 alone.")
 
-    # The runs: (label, data folder, evaluation samples, seed)
-    runs: list[tuple[str, Path, ImageSamples, int, str]] = []
+    # The runs: (label, training data, validation data or None, held-out samples, seed, role)
+    runs: list[tuple[str, Any, Any, Any, int, str]] = []
     temporary = tempfile.TemporaryDirectory(prefix="headstart-compare-")
     if folds is not None:
-        splits = load_image_dataset(data, seed=seeds[0])
-        pooled = splits.train
-        for extra in (splits.val, splits.test):
-            if extra is not None:
-                pooled = ImageSamples([*pooled.paths, *extra.paths], [*pooled.labels, *extra.labels], pooled.classes)
+        splits = load_image_dataset(data, seed=seeds[0]) if task == "image" else make(probe, seeds[0]).load_splits(data)
+        pooled = _pool([part for part in (splits.train, splits.val, splits.test) if part is not None])
         smallest = min(pooled.class_counts().items(), key=lambda item: item[1])
         if smallest[1] < folds:
-            raise DataError(f"{folds}-fold cross-validation needs at least {folds} images per class; class"
+            raise DataError(f"{folds}-fold cross-validation needs at least {folds} examples per class; class"
                             f" {smallest[0]!r} has {smallest[1]}.",
-                            fix=f"Use --folds {max(2, smallest[1])} or fewer, or add images to {smallest[0]!r}.")
+                            fix=f"Use --folds {max(2, smallest[1])} or fewer, or add examples to {smallest[0]!r}.")
         fold = _folds_of(pooled, folds, seeds[0])
+        role = "held-out fold (also the validation data of that fold's training)"
         for k in range(folds):
-            train = ([p for p, f in zip(pooled.paths, fold) if f != k], [y for y, f in zip(pooled.labels, fold) if f != k])
-            held = ([p for p, f in zip(pooled.paths, fold) if f == k], [y for y, f in zip(pooled.labels, fold) if f == k])
-            root = _link_split(Path(temporary.name) / f"fold-{k}", {"train": train, "val": held}, pooled.classes)
-            runs.append((f"fold {k + 1}/{folds}", root, ImageSamples(*held, pooled.classes), seeds[0],
-                         "held-out fold (also the validation data of that fold's training)"))
+            train = pooled.subset(np.flatnonzero(fold != k))
+            held = pooled.subset(np.flatnonzero(fold == k))
+            if task == "image":
+                root = _link_split(Path(temporary.name) / f"fold-{k}", {"train": (train.paths, train.labels),
+                                                                        "val": (held.paths, held.labels)},
+                                   pooled.classes)
+                runs.append((f"fold {k + 1}/{folds}", root, None, held, seeds[0], role))
+            else:
+                runs.append((f"fold {k + 1}/{folds}", train, held, held, seeds[0], role))
     else:
         for seed in seeds:
-            splits = load_image_dataset(data, seed=seed)
+            splits = load_image_dataset(data, seed=seed) if task == "image" else make(probe, seed).load_splits(data)
             held = splits.test if splits.test is not None else splits.val
             role = "test split" if splits.test is not None else "validation split (also used to pick fine-tuning epochs)"
-            runs.append((f"seed {seed}", Path(data), held, seed, role))
+            runs.append((f"seed {seed}", data, None, held, seed, role))
 
     results: list[CandidateResult] = []
     records: dict[str, list[dict[str, Any]]] = {name: [] for name in candidates}
     pooled_predictions: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in candidates}
     warmup: list[dict[str, Any]] = []
     try:
-        for label, folder, held, seed, role in runs:
-            console.print(f"[bold]{label}[/bold]: {len(held)} held-out images ({role})", highlight=False)
+        for label, train_data, val_data, held, seed, role in runs:
+            console.print(f"[bold]{label}[/bold]: {len(held)} held-out examples ({role})", highlight=False)
             # One extraction of the frozen features (train views + validation) shared by all frozen candidates.
             started = time.perf_counter()
-            warm = ImageClassifier(backbone, strategy="linear_probe", seed=seed, cache_dir=cache_dir, progress=False,
-                                   calibrate=False, weights=weights, image_size=image_size,
-                                   runtime=runtime).fit(folder)
-            warmup.append({"run": label, "seconds": round(time.perf_counter() - started, 2),
-                           "features": warm.features_report_})
-            report = warm.features_report_ or {}
-            console.print(f"  shared frozen features: {warmup[-1]['seconds']:.1f}s ({report.get('computed', 0)}"
-                          f" computed with {report.get('runtime')}, {report.get('cached', 0)} from the cache)",
-                          highlight=False)
+            warm = make(probe, seed).fit(train_data, val=val_data)
+            report = getattr(warm, "features_report_", None) or {}
+            warmup.append({"run": label, "seconds": round(time.perf_counter() - started, 2), "features": report})
+            console.print(f"  shared frozen features: {warmup[-1]['seconds']:.1f}s"
+                          + (f" ({report.get('computed', 0)} computed with {report.get('runtime')},"
+                             f" {report.get('cached', 0)} from the cache)" if report else ""), highlight=False)
             for name in candidates:
-                classifier = ImageClassifier(backbone, epochs=epochs, seed=seed, cache_dir=cache_dir, progress=False,
-                                             calibrate=False, weights=weights, image_size=image_size,
-                                             runtime=runtime, **_candidate_params(name))
+                classifier = make(_candidate_params(name), seed)
                 started = time.perf_counter()
-                classifier.fit(folder)
+                classifier.fit(train_data, val=val_data)
                 train_seconds = time.perf_counter() - started
-                classifier.predict_proba(held.paths[:2])  # warm-up: runtime start and parity check, not per image
+                classifier.predict_proba(inputs(held)[:2])  # warm-up: runtime start and parity check, not per item
                 started = time.perf_counter()
-                probabilities = classifier.predict_proba(held.paths)
+                probabilities = classifier.predict_proba(inputs(held))
                 predict_seconds = time.perf_counter() - started
                 metrics = classification_metrics(held.labels, probabilities, classes=held.classes,
                                                  n_bootstrap=n_bootstrap, seed=seed)
@@ -212,7 +256,7 @@ def compare_candidates(
     finally:
         temporary.cleanup()
 
-    classes = runs[0][2].classes
+    classes = runs[0][3].classes
     for name in candidates:
         rows = records[name]
         accuracy_sd = float(np.std([r["accuracy"] for r in rows], ddof=1)) if len(rows) > 1 else None
@@ -234,10 +278,10 @@ def compare_candidates(
     if out is not None:
         out = Path(out)
         atomic_write_json(out / "comparison.json", {
-            "data": str(Path(data).resolve()), "backbone": backbone, "epochs": epochs, "seeds": list(seeds),
-            "folds": folds, "evaluated_on": runs[0][4], "shared_feature_extraction": warmup,
+            "data": str(Path(data).resolve()), "task": task, "backbone": backbone, "epochs": epochs,
+            "seeds": list(seeds), "folds": folds, "evaluated_on": runs[0][5], "shared_feature_extraction": warmup,
             "candidates": [r.to_dict() for r in results]})
-        plot_comparison(results, out / "comparison.png", title=f"{Path(data).name} ({backbone})")
+        plot_comparison(results, out / "comparison.png", title=f"{Path(data).name} ({backbone or task + ' default'})")
     return results
 
 

@@ -142,10 +142,12 @@ class EncoderClassifier:
         epochs = 1 if strategy == "linear_probe" else (self.epochs or 3)
         return strategy, epochs
 
-    def _frozen_features(self, encoder: torch.nn.Module, items: list[Any], digests: list[bytes], *,
-                         store: FeatureStore | None, key: FeatureKey | None, console: Console, what: str) -> np.ndarray:
-        """Pooled features of ``items`` with the encoder frozen; cached rows are read, missing ones computed."""
-        found = store.lookup(key, digests) if store is not None and key is not None else {}
+    def _features(self, items: list[Any], digests: list[bytes], *, console: Console, what: str) -> np.ndarray:
+        """Pooled features of ``items`` with the (still pretrained) encoder frozen; cached rows are read from the
+        feature store, missing ones computed and added."""
+        encoder, key = self._active_encoder, self._feature_key
+        store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
+        found = store.lookup(key, digests) if store is not None else {}
         missing = [i for i, d in enumerate(digests) if d not in found]
         computed: dict[int, np.ndarray] = {}
         if missing:
@@ -160,7 +162,7 @@ class EncoderClassifier:
                     bar.update(task, advance=len(rows[-1]))
             block = np.concatenate(rows)
             computed = dict(zip(missing, block))
-            if store is not None and key is not None:
+            if store is not None:
                 store.add(key, [digests[i] for i in missing], block)
             rate = len(missing) / max(1e-9, time.perf_counter() - started)
             console.print(f"Features ({what}): {len(missing)} computed ({rate:.0f}/s), {len(found)} from the cache.",
@@ -169,6 +171,31 @@ class EncoderClassifier:
             console.print(f"Features ({what}): all {len(items)} from the cache.", highlight=False)
         return np.stack([found[d] if i not in computed else computed[i] for i, d in enumerate(digests)]) if items \
             else np.zeros((0, int(encoder.feature_dim)), np.float32)
+
+    def load_splits(self, data: Any, *, val: Any = None) -> Any:
+        """The train/validation(/test) splits ``fit`` would use for ``data`` (same seed, columns and patterns)."""
+        self._validate()
+        return self._load_splits(data, val)
+
+    def _setup_encoder(self, splits: Any, console: Console) -> tuple[torch.nn.Module, str]:
+        """Create the pretrained encoder; it batches inputs, and its weights digest keys the feature store."""
+        encoder, description = self._create_encoder(splits, console)
+        self._active_encoder = encoder
+        self._feature_key = FeatureKey(f"{self.modality}:{encoder.describe()['kind']}:{self.backbone}",
+                                       weights_digest(encoder), {**encoder.cost_key(), **self._key_extra()}, "center")
+        return encoder, description
+
+    def pretrained_features(self, splits: Any, *, console: Console | None = None) -> tuple[np.ndarray, str]:
+        """Frozen features of ``splits.train`` from the pretrained encoder (through the feature store), for
+        ranking backbones before any training. Returns the features and where the weights came from."""
+        self._validate()
+        console = console or Console(quiet=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # "random" weights drawn from the seed: a second ranking hits the cache
+            _, description = self._setup_encoder(splits, console)
+        features = self._features(self._items(splits.train), self._digests(splits.train), console=console,
+                                  what="train")
+        return features, description
 
     def fit(self, data: Any, *, val: Any = None, out: str | os.PathLike[str] | None = None) -> "EncoderClassifier":
         """Train on labelled data; with ``out``, write the run folder (config, data, metrics, plots, model).
@@ -190,21 +217,15 @@ class EncoderClassifier:
         classes = list(splits.classes)
         strategy, epochs = self._choose_strategy(len(splits.train), console)
         torch.manual_seed(self.seed)
-        encoder, description = self._create_encoder(splits, console)
+        encoder, description = self._setup_encoder(splits, console)
         console.print(f"[bold]Backbone[/bold] {description}", highlight=False)
         net = EncoderNet(encoder, len(classes), drop_rate=self.drop_rate)
-        self._active_encoder = encoder
         train_items, val_items = self._items(splits.train), self._items(splits.val)
         train_labels, val_labels = np.asarray(splits.train.labels), np.asarray(splits.val.labels)
 
-        store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
-        key = FeatureKey(f"{self.modality}:{encoder.describe()['kind']}:{self.backbone}", weights_digest(encoder),
-                         {**encoder.cost_key(), **self._key_extra()}, "center")
         head_started = time.perf_counter()
-        train_features = self._frozen_features(encoder, train_items, self._digests(splits.train), store=store, key=key,
-                                               console=console, what="train")
-        val_features = self._frozen_features(encoder, val_items, self._digests(splits.val), store=store, key=key,
-                                             console=console, what="validation")
+        train_features = self._features(train_items, self._digests(splits.train), console=console, what="train")
+        val_features = self._features(val_items, self._digests(splits.val), console=console, what="validation")
         class_weight = None
         if self.class_weights:
             counts = np.bincount(train_labels, minlength=len(classes)).astype(np.float64)
@@ -319,6 +340,7 @@ class EncoderClassifier:
         from headstart.plots import plot_confusion_matrix
 
         console = Console(quiet=not self.progress)
+        data = data if isinstance(data, (str, os.PathLike)) else f"{type(data).__name__} ({len(samples)} examples)"
         console.print(f"[bold]Evaluation[/bold] on {data} ({len(samples)} examples)", highlight=False)
         print_skipped(console, skipped)
         probabilities = self._predict_items(self._items(samples))

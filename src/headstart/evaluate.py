@@ -142,7 +142,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
         return f"{entry['value']:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
     lines = [
-        f"accuracy  {show(metrics['accuracy'])}   on {metrics['n_samples']} images",
+        f"accuracy  {show(metrics['accuracy'])}   on {metrics['n_samples']} examples",
         f"macro F1  {show(metrics['macro_f1'])}",
     ]
     for name, values in metrics["per_class"].items():

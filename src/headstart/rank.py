@@ -73,7 +73,7 @@ class BackboneScore:
 
 
 def _validate(backbones: Sequence[str], *, weights: Mapping[str, str], n_folds: int, seed: int,
-              image_size: int | None, runtime: str) -> list[str]:
+              image_size: int | None, runtime: str, task: str = "image") -> list[str]:
     """The candidate names, after every check that needs no image and no model."""
     if isinstance(backbones, str):
         raise ParameterError(
@@ -93,7 +93,7 @@ def _validate(backbones: Sequence[str], *, weights: Mapping[str, str], n_folds: 
             fix="To compare the same architecture with other weights, add it under its timm name, e.g."
                 " 'timm:tf_efficientnet_lite0' with weights={'timm:tf_efficientnet_lite0': 'random'}.",
         )
-    for name in names:
+    for name in names if task == "image" else ():  # text/audio names are folders or hub ids: checked when loaded
         try:
             get_backbone_spec(name)
         except ParameterError as error:
@@ -133,11 +133,24 @@ def _validate(backbones: Sequence[str], *, weights: Mapping[str, str], n_folds: 
 
 def _score_one(name: str, paths: list[Any], labels: np.ndarray, *, weights: str, store: FeatureStore | None,
                runtime: str, seed: int, n_folds: int, image_size: int | None, allow_download: bool,
-               progress: bool, console: Console, warn: Callable[[str], None] | None) -> BackboneScore:
-    """Extract and score one candidate; any failure becomes the ``error`` of its row."""
+               progress: bool, console: Console, warn: Callable[[str], None] | None,
+               encoder_features: Callable[[str, str], tuple[np.ndarray, str]] | None = None) -> BackboneScore:
+    """Extract and score one candidate; any failure becomes the ``error`` of its row.
+
+    ``encoder_features(name, weights)`` gives a text/audio candidate's features and weights source instead.
+    """
     score = BackboneScore(name=name, n_images=len(paths), weights=str(weights))
     started = time.perf_counter()
     try:
+        if encoder_features is not None:
+            features, score.weights = encoder_features(name, weights)
+            score.feature_seconds = time.perf_counter() - started
+            score.dim = int(features.shape[1])
+            scoring = time.perf_counter()
+            score.logme = logme_score(features, labels)
+            score.cv_accuracy = cv_linear_probe_accuracy(features, labels, n_folds=n_folds, seed=seed)
+            score.score_seconds = time.perf_counter() - scoring
+            return score
         spec = get_backbone_spec(name)
         preprocessing = spec.preprocessing()
         if image_size is not None:
@@ -173,6 +186,8 @@ def rank_backbones(
     data: str | os.PathLike[str] | DatasetSplits,
     backbones: Sequence[str],
     *,
+    task: str = "image",
+    options: Mapping[str, Any] | None = None,
     store: FeatureStore | None = None,
     runtime: str = "auto",
     seed: int = 0,
@@ -195,7 +210,12 @@ def rank_backbones(
 
     Args:
         data: a class-folder root or a root with ``train/`` and ``val/``; or splits from
-            :func:`~headstart.data.load_image_dataset` (their ``train`` is used).
+            :func:`~headstart.data.load_image_dataset` (their ``train`` is used). With ``task`` ``text`` or
+            ``audio``: data as :class:`~headstart.TextClassifier` / :class:`~headstart.AudioClassifier` read it,
+            and candidates are their backbones (``minilm``, transformers folders or hub ids;
+            ``logmel:<image backbone>``).
+        task: ``image``, ``text``, ``audio`` or ``auto`` (detected from ``data``).
+        options: further text/audio estimator arguments (``text_column``, ``label_pattern``, ...).
         backbones: candidate names (registered, or ``timm:<model>``), each at most once.
         store: feature store; features computed once are reused by later rankings and by training (a fine-tune
             at the same image size reads them for its frozen head stage; ``FeatureStore()`` is the store
@@ -230,26 +250,46 @@ def rank_backbones(
                                 image_size=64, weights={"timm:test_efficientnet": "random"})
         rich.print(format_ranking(scores))  # resnet18 last, with the reason: no weights offline
     """
+    from headstart.tasks import TASKS, detect_task, estimator_class
+
+    check_choice("rank_backbones", "task", task, ("auto", *TASKS))
+    if task == "auto":
+        task = "image" if isinstance(data, DatasetSplits) else detect_task(data)
     weights = dict(weights or {})
     names = _validate(backbones, weights=weights, n_folds=n_folds, seed=seed, image_size=image_size,
-                      runtime=runtime)
+                      runtime=runtime, task=task)
     shown = console if console is not None else Console()
 
     def warn_on_console(message: str) -> None:
         shown.print(f"[yellow]Warning:[/yellow] {message}")
 
     warn = warn_on_console if console is not None or progress else None
-    splits = data if isinstance(data, DatasetSplits) else load_image_dataset(data, val_fraction=val_fraction, seed=seed)
+    encoder_features = None
+    if task == "image":
+        splits = data if isinstance(data, DatasetSplits) else load_image_dataset(data, val_fraction=val_fraction,
+                                                                                 seed=seed)
+    else:
+        def estimator(name: str, weights_of: str) -> Any:
+            return estimator_class(task)(name, weights=weights_of, seed=seed, val_fraction=val_fraction,
+                                         cache_dir=store.root if store is not None else "off", progress=False,
+                                         allow_download=allow_download, **dict(options or {}))
+
+        splits = estimator(names[0], "auto").load_splits(data)
+
+        def encoder_features(name: str, weights_of: str) -> tuple[np.ndarray, str]:
+            return estimator(name, weights_of).pretrained_features(splits, console=shown if progress else None)
+
     train = splits.train
-    paths, labels = list(train.paths), np.asarray(train.labels, dtype=np.int64)
+    paths = list(getattr(train, "paths", None) or getattr(train, "texts", []))
+    labels = np.asarray(train.labels, dtype=np.int64)
     if progress:
-        shown.print(f"Ranking {len(names)} backbone(s) on {len(paths)} training images, {len(train.classes)} classes"
-                    " (validation images are not used).", highlight=False)
+        shown.print(f"Ranking {len(names)} backbone(s) on {len(paths)} training examples, {len(train.classes)} classes"
+                    " (validation examples are not used).", highlight=False)
     scores: list[BackboneScore] = []
     for name in names:
         score = _score_one(name, paths, labels, weights=weights.get(name, "auto"), store=store, runtime=runtime,
                            seed=seed, n_folds=n_folds, image_size=image_size, allow_download=allow_download,
-                           progress=progress, console=shown, warn=warn)
+                           progress=progress, console=shown, warn=warn, encoder_features=encoder_features)
         if progress and score.error is None:
             shown.print(f"  {name}: LogME {score.logme:.4f}, CV accuracy {score.cv_accuracy:.3f}"
                         f" ({'cached' if score.cached else f'{score.feature_seconds:.1f}s'} features,"

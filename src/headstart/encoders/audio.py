@@ -43,11 +43,13 @@ class LogMelSpectrogram(nn.Module):
     not change the picture's contrast. Part of the model: the saved bundle needs no separate preprocessing.
     """
 
-    def __init__(self, *, sample_rate: int = 16000, n_fft: int = 512, hop_length: int = 160, n_mels: int = 64,
-                 top_db: float = 80.0) -> None:
+    def __init__(self, *, sample_rate: int = 16000, n_mels: int = 64, top_db: float = 80.0) -> None:
         super().__init__()
         from transformers.audio_utils import mel_filter_bank
 
+        # ~32 ms windows every 10 ms, the usual speech analysis frame, whatever the sample rate
+        n_fft = 2 ** math.ceil(math.log2(0.032 * sample_rate))
+        hop_length = sample_rate // 100
         self.sample_rate, self.n_fft, self.hop_length, self.n_mels, self.top_db = (
             sample_rate, n_fft, hop_length, n_mels, top_db)
         bank = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=20.0,

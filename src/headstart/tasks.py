@@ -1,0 +1,81 @@
+"""Which modality a dataset or a saved model is: image, text or audio, and the estimator that handles it.
+
+>>> from pathlib import Path
+>>> detect_task(Path(__file__).parents[2] / "examples" / "hymenoptera_sample")
+'image'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from headstart.errors import DataError, ParameterError
+from headstart.storage import read_json
+
+__all__ = ["TASKS", "detect_task", "estimator_class", "load_model"]
+
+TASKS = ("image", "text", "audio")
+_BUNDLE_TASKS = {"image_classification": "image", "text_classification": "text", "audio_classification": "audio"}
+
+
+def detect_task(data: str | os.PathLike[str]) -> str:
+    """``image``, ``text`` or ``audio`` for a dataset path, from what its files are.
+
+    A table whose path column points to audio files, or a folder of mostly audio files, is audio; a table with a
+    text column, a folder of .txt class folders or of split tables is text; anything else is an image folder.
+
+    Raises:
+        DataError: the path does not exist, or is a file that is none of these.
+    """
+    from headstart.data.audio import looks_like_audio_data
+    from headstart.data.text import TEXT_TABLE_SUFFIXES, looks_like_text_data
+
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DataError(f"The data {path} does not exist.", fix="Check the path.")
+    if looks_like_audio_data(path):
+        return "audio"
+    if looks_like_text_data(path):
+        return "text"
+    if path.is_file():
+        kind = "a table without a recognisable text column" if path.suffix.lower() in TEXT_TABLE_SUFFIXES else \
+            f"a {path.suffix or 'extension-less'} file"
+        raise DataError(f"Cannot tell what {path} holds: it is {kind}.",
+                        fix="Pass --task text with --text-col/--label-col, --task audio with --path-col, or an"
+                            " image folder.")
+    return "image"
+
+
+def estimator_class(task: str) -> type:
+    """The estimator class for ``task`` (``image``, ``text`` or ``audio``)."""
+    if task == "image":
+        from headstart.classifier import ImageClassifier
+
+        return ImageClassifier
+    if task == "text":
+        from headstart.text_classifier import TextClassifier
+
+        return TextClassifier
+    if task == "audio":
+        from headstart.audio_classifier import AudioClassifier
+
+        return AudioClassifier
+    raise ParameterError(f"The task must be one of {TASKS}. Got {task!r}.", fix="Use --task image, text or audio.")
+
+
+def load_model(path: str | os.PathLike[str]) -> Any:
+    """Load any saved headstart model folder with the estimator class of its task.
+
+    Raises:
+        BundleError: not a headstart model folder.
+    """
+    config_file = Path(path).expanduser() / "config.json"
+    task = "image"
+    if config_file.is_file():
+        try:
+            task = _BUNDLE_TASKS.get(read_json(config_file).get("task", "image_classification"), "image")
+        except (ValueError, AttributeError):
+            task = "image"  # the image loader reports the damaged config with its fix
+    return estimator_class(task).load(path)
