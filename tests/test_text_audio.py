@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 from safetensors import safe_open
 
 from headstart.audio_classifier import AudioClassifier
@@ -25,8 +26,6 @@ from headstart.data.audio import AudioSamples
 from headstart.data.text import TextSamples
 from headstart.errors import BundleError, NotFittedError, ParameterError
 from headstart.text_classifier import TextClassifier
-
-from conftest import TINY_BACKBONE
 
 RUN_FILES = ("config.json", "metrics.json", "history.json", "curves.png", "confusion_matrix.png", "summary.txt",
              "model/config.json", "model/model.safetensors")
@@ -42,24 +41,79 @@ def _one_torch_thread() -> Any:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
-def _fresh_process_probabilities(jobs: list[tuple[str, Path, list[str]]]) -> list[np.ndarray]:
-    """``Class.load(folder).predict_proba(inputs)`` for each job, all in one new Python process."""
-    code = (
-        "import json, sys\n"
-        "from headstart.text_classifier import TextClassifier\n"
-        "from headstart.audio_classifier import AudioClassifier\n"
-        "out = []\n"
-        "for kind, folder, inputs in json.loads(sys.argv[1]):\n"
-        "    model = {'text': TextClassifier, 'audio': AudioClassifier}[kind].load(folder)\n"
-        "    out.append(model.predict_proba(inputs).tolist())\n"
-        "print('RESULT ' + json.dumps(out))\n"
-    )
-    payload = json.dumps([[kind, str(folder), [str(i) for i in inputs]] for kind, folder, inputs in jobs])
-    result = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=180,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = [row for row in result.stdout.splitlines() if row.startswith("RESULT ")][-1]
-    return [np.asarray(rows, dtype=np.float64) for rows in json.loads(line[len("RESULT "):])]
+_WORKER = """
+import json, sys
+from headstart.audio_classifier import AudioClassifier
+from headstart.text_classifier import TextClassifier
+for line in sys.stdin:
+    try:
+        out = [{"text": TextClassifier, "audio": AudioClassifier}[kind].load(folder).predict_proba(inputs).tolist()
+               for kind, folder, inputs in json.loads(line)]
+        print("RESULT " + json.dumps(out), flush=True)
+    except Exception as error:
+        print("ERROR " + json.dumps(repr(error)), flush=True)
+"""
+
+
+class FreshProcess:
+    """A separate Python process that only ever sees saved bundles: ``Class.load(folder).predict_proba(inputs)``.
+
+    Started once per module (importing torch and transformers costs seconds on this machine) and reused.
+    """
+
+    def __init__(self, log: Path) -> None:
+        import queue
+        import threading
+
+        self._log = log.open("w")
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._log_path = log
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for row in self._process.stdout:
+            self._lines.put(row)
+        self._lines.put("EOF")
+
+    def probabilities(self, jobs: list[tuple[str, Path, list[str]]]) -> list[np.ndarray]:
+        import queue
+
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps([[kind, str(folder), [str(i) for i in inputs]]
+                                              for kind, folder, inputs in jobs]) + "\n")
+        self._process.stdin.flush()
+        while True:
+            try:
+                line = self._lines.get(timeout=180)
+            except queue.Empty:
+                pytest.fail(f"the fresh process gave no answer; its log: {self._log_path.read_text()[-3000:]}")
+            if line == "EOF":
+                pytest.fail(f"the fresh process exited; its log: {self._log_path.read_text()[-3000:]}")
+            if line.startswith("ERROR "):
+                pytest.fail(f"the fresh process failed: {json.loads(line[6:])}")
+            if line.startswith("RESULT "):
+                return [np.asarray(rows, dtype=np.float64) for rows in json.loads(line[len("RESULT "):])]
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def fresh_process(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    worker = FreshProcess(tmp_path_factory.mktemp("fresh-process") / "stderr.log")
+    yield worker
+    worker.close()
 
 
 def _safetensors_keys(path: Path) -> list[str]:
@@ -72,9 +126,9 @@ def keep_trained_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every training epoch score as the best, so fit() keeps the trained weights.
 
     Without this, a fine-tuned epoch that does not beat the solved head's validation loss is rolled back to the
-    head-only state (correctly), and "the encoder changed" could not be observed on tiny random models.
+    head-only state (correctly), so whether "the encoder changed" would depend on luck with tiny random models.
     """
-    import headstart.encoders.training as training
+    from headstart.encoders import training
 
     monkeypatch.setattr(training, "log_loss", lambda probabilities, labels: -1.0)
 
@@ -131,7 +185,8 @@ def text_data() -> tuple[TextSamples, TextSamples]:
 
 
 def _text_params(**overrides: Any) -> dict[str, Any]:
-    params: dict[str, Any] = dict(batch_size=8, progress=False, calibrate=False, cache_dir="off", max_length=32)
+    params: dict[str, Any] = {"batch_size": 8, "progress": False, "calibrate": False, "cache_dir": "off",
+                              "max_length": 32}
     params.update(overrides)
     return params
 
@@ -177,8 +232,8 @@ def test_text_fine_tune_changes_encoder_weights(tiny_bert: Path, text_data: Any,
 
 
 def test_text_lora_merged_and_unmerged_bundles_reload_in_fresh_process(tiny_bert: Path, text_data: Any,
-                                                                       tmp_path: Path,
-                                                                       keep_trained_epoch: None) -> None:
+                                                                       tmp_path: Path, keep_trained_epoch: None,
+                                                                       fresh_process: FreshProcess) -> None:
     from transformers import BertModel
 
     train, val = text_data
@@ -204,7 +259,7 @@ def test_text_lora_merged_and_unmerged_bundles_reload_in_fresh_process(tiny_bert
                        folded["encoder.layer.0.intermediate.dense.weight"])
 
     expected = [merged.predict_proba(PROBE_TEXTS), unmerged.predict_proba(PROBE_TEXTS)]
-    got = _fresh_process_probabilities([("text", tmp_path / "merged" / "model", PROBE_TEXTS),
+    got = fresh_process.probabilities([("text", tmp_path / "merged" / "model", PROBE_TEXTS),
                                         ("text", tmp_path / "unmerged" / "model", PROBE_TEXTS)])
     for want, have in zip(expected, got):
         assert have.shape == (3, 2)
@@ -303,12 +358,13 @@ SPEAKERS = ("george", "jackson")
 @pytest.fixture(scope="module")
 def fsdd_two_digits(shared_data: Path) -> tuple[AudioSamples, AudioSamples]:
     """Digits 0 and 1 by two speakers: 28 training clips (takes 0-6), 12 validation clips (takes 7-9)."""
-    return (_fsdd(shared_data, (0, 1), SPEAKERS, range(0, 7)), _fsdd(shared_data, (0, 1), SPEAKERS, range(7, 10)))
+    return (_fsdd(shared_data, (0, 1), SPEAKERS, range(7)), _fsdd(shared_data, (0, 1), SPEAKERS, range(7, 10)))
 
 
 def _logmel_params(**overrides: Any) -> dict[str, Any]:
-    params: dict[str, Any] = dict(backbone=f"logmel:{TINY_BACKBONE}", weights="random", image_size=64, batch_size=8,
-                                  clip_seconds=0.8, progress=False, calibrate=False, cache_dir="off")
+    params: dict[str, Any] = {"backbone": f"logmel:{TINY_BACKBONE}", "weights": "random", "image_size": 64,
+                              "batch_size": 8, "clip_seconds": 0.8, "progress": False, "calibrate": False,
+                              "cache_dir": "off"}
     params.update(overrides)
     return params
 
@@ -339,7 +395,7 @@ def test_logmel_linear_probe_run_folder_and_predictions(logmel_bundle: Any, fsdd
 
 
 def test_logmel_fine_tune_reloads_in_fresh_process(logmel_bundle: Any, fsdd_two_digits: Any, tmp_path: Path,
-                                                   keep_trained_epoch: None) -> None:
+                                                   keep_trained_epoch: None, fresh_process: FreshProcess) -> None:
     train, val = fsdd_two_digits
     model = AudioClassifier(strategy="fine_tune", epochs=1, **_logmel_params()).fit(train, val=val)
     assert model.strategy_ == "fine_tune" and model.best_epoch_ == 2 and len(model.history_) == 2
@@ -352,7 +408,7 @@ def test_logmel_fine_tune_reloads_in_fresh_process(logmel_bundle: Any, fsdd_two_
     files = [str(p) for p in val.paths[:6]]
     expected = model.predict_proba(files)
     assert expected.shape == (6, 2) and np.allclose(expected.sum(1), 1.0, atol=1e-5)
-    (got,) = _fresh_process_probabilities([("audio", folder, files)])
+    (got,) = fresh_process.probabilities([("audio", folder, files)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -389,7 +445,7 @@ def test_spec_augment_masks_in_training_only() -> None:
 def test_efficientnet_lite0_logmel_linear_probe_on_fsdd(shared_data: Path) -> None:
     digits = (0, 1, 2)
     train = _fsdd(shared_data, digits, SPEAKERS, range(10, 20))  # 60 clips
-    test = _fsdd(shared_data, digits, SPEAKERS, range(0, 5))  # 30 other takes of the same speakers
+    test = _fsdd(shared_data, digits, SPEAKERS, range(5))  # 30 other takes of the same speakers
     model = AudioClassifier(strategy="linear_probe", batch_size=16, progress=False, calibrate=False, cache_dir="off")
     model.fit(train)
     assert "efficientnet_lite0" in model.encoder_description_["architecture"]
@@ -416,11 +472,12 @@ def tiny_wav2vec2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def fsdd_small(shared_data: Path) -> tuple[AudioSamples, AudioSamples]:
     """Digits 0 and 1 by two speakers: 20 training clips (takes 0-4), 8 validation clips (takes 5-6)."""
-    return (_fsdd(shared_data, (0, 1), SPEAKERS, range(0, 5)), _fsdd(shared_data, (0, 1), SPEAKERS, range(5, 7)))
+    return (_fsdd(shared_data, (0, 1), SPEAKERS, range(5)), _fsdd(shared_data, (0, 1), SPEAKERS, range(5, 7)))
 
 
 def _wav2vec2_params(**overrides: Any) -> dict[str, Any]:
-    params: dict[str, Any] = dict(batch_size=8, clip_seconds=0.6, progress=False, calibrate=False, cache_dir="off")
+    params: dict[str, Any] = {"batch_size": 8, "clip_seconds": 0.6, "progress": False, "calibrate": False,
+                              "cache_dir": "off"}
     params.update(overrides)
     return params
 
@@ -448,7 +505,21 @@ def test_wav2vec2_fine_tune_freezes_feature_encoder(tiny_wav2vec2: Path, fsdd_sm
         assert conv_changed, "feature encoder did not train with freeze_feature_encoder=False"
 
 
-def test_wav2vec2_lora_reloads_in_fresh_process(tiny_wav2vec2: Path, fsdd_small: Any, tmp_path: Path) -> None:
+def test_wav2vec2_layer_groups_are_the_transformer_layers(tiny_wav2vec2: Path) -> None:
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from headstart.encoders.audio import TransformersAudioEncoder
+
+    model = Wav2Vec2Model.from_pretrained(tiny_wav2vec2)
+    groups = TransformersAudioEncoder(model, Wav2Vec2FeatureExtractor.from_pretrained(tiny_wav2vec2)).layer_groups()
+    position = {id(p): index for index, group in enumerate(groups) for p in group}
+    first = position[id(model.encoder.layers[0].attention.q_proj.weight)]
+    last = position[id(model.encoder.layers[1].attention.q_proj.weight)]
+    assert first < last, "each transformer layer should be its own group, input side first"
+
+
+def test_wav2vec2_lora_reloads_in_fresh_process(tiny_wav2vec2: Path, fsdd_small: Any, tmp_path: Path,
+                                                fresh_process: FreshProcess) -> None:
     train, val = fsdd_small
     files = [str(p) for p in val.paths[:4]]
     merged = AudioClassifier(str(tiny_wav2vec2), strategy="lora", epochs=1, **_wav2vec2_params()).fit(train, val=val)
@@ -460,7 +531,7 @@ def test_wav2vec2_lora_reloads_in_fresh_process(tiny_wav2vec2: Path, fsdd_small:
     assert [k for k in _safetensors_keys(unmerged_dir / "model.safetensors") if "lora_" in k]
     assert (merged_dir / "encoder" / "preprocessor_config.json").is_file()
     expected = [merged.predict_proba(files), unmerged.predict_proba(files)]
-    got = _fresh_process_probabilities([("audio", merged_dir, files), ("audio", unmerged_dir, files)])
+    got = fresh_process.probabilities([("audio", merged_dir, files), ("audio", unmerged_dir, files)])
     for want, have in zip(expected, got):
         assert have.shape == (4, 2)
         np.testing.assert_allclose(have, want, atol=1e-5)
@@ -473,10 +544,11 @@ def test_unknown_text_strategy_is_a_parameter_error(text_data: Any) -> None:
         TextClassifier(strategy="nope", progress=False).fit(train)
 
 
-def test_lora_on_logmel_backbone_is_a_parameter_error(fsdd_two_digits: Any) -> None:
-    train, val = fsdd_two_digits
-    with pytest.raises(ParameterError, match="lora"):
-        AudioClassifier(backbone="logmel:efficientnet_lite0", strategy="lora", progress=False).fit(train, val=val)
+def test_lora_on_logmel_backbone_is_a_parameter_error(tmp_path: Path) -> None:
+    samples = AudioSamples.from_lists([tmp_path / "a.wav", tmp_path / "b.wav"], ["yes", "no"])
+    with pytest.raises(ParameterError, match="lora") as raised:
+        AudioClassifier(backbone="logmel:efficientnet_lite0", strategy="lora", progress=False).fit(samples)
+    assert "logmel:efficientnet_lite0" in str(raised.value)  # raised before any file is read
 
 
 def test_predict_before_fit_is_not_fitted_error() -> None:

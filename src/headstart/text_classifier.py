@@ -93,10 +93,8 @@ class TextClassifier(EncoderClassifier):
 
     def _batches(self, items: list[Any], labels: np.ndarray | None, *, shuffle_seed: int | None,
                  batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        """Batches of similar length (less padding): sorted within chunks, chunk order shuffled when training.
-
-        Evaluation batches are sorted by length and results come back in the input order.
-        """
+        """Training: batches of similar length (less padding), sorted within shuffled chunks of 50 batches, the
+        batch order shuffled again. Evaluation (``shuffle_seed=None``): batches in the input order."""
         order = np.arange(len(items))
         lengths = np.array([len(t) for t in items])
         if shuffle_seed is None:

@@ -98,10 +98,13 @@ def resolve_text_source(name: str, *, allow_download: bool = True) -> TextSource
 
 
 def _layer_list(model: nn.Module) -> nn.ModuleList | None:
-    """The encoder's list of transformer layers (the longest ModuleList), for layer-wise learning rates."""
+    """The encoder's list of transformer layers: the longest ModuleList outside a convolutional waveform encoder
+    (wav2vec2's ``feature_extractor.conv_layers`` can be as long as a small model's layer list)."""
     best: nn.ModuleList | None = None
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and (best is None or len(module) > len(best)):
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or "feature_extractor" in name or "conv" in name:
+            continue
+        if best is None or len(module) > len(best):
             best = module
     return best
 
