@@ -548,3 +548,49 @@ def test_loading_another_modality_is_a_bundle_error(logmel_bundle: Any) -> None:
         TextClassifier.load(run / "model")
     # the right class loads it
     assert AudioClassifier.load(run / "model").classes_ == ["0", "1"]
+
+
+# -- route (b): other transformers audio families -------------------------------------------------------------------
+def _tiny_audio_model(kind: str, folder: Path) -> None:
+    from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, HubertConfig, HubertModel,
+                              Wav2Vec2FeatureExtractor, WhisperConfig, WhisperFeatureExtractor, WhisperModel)
+
+    torch.manual_seed(0)
+    if kind == "whisper":
+        model, extractor = WhisperModel(WhisperConfig(
+            d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500)), WhisperFeatureExtractor()
+    elif kind == "ast":
+        model, extractor = ASTModel(ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                              intermediate_size=64, max_length=128, num_mel_bins=128)), \
+            ASTFeatureExtractor(max_length=128)
+    else:
+        model, extractor = HubertModel(HubertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
+            conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2)), Wav2Vec2FeatureExtractor()
+    model.save_pretrained(folder)
+    extractor.save_pretrained(folder)
+
+
+@pytest.mark.parametrize("kind", ["whisper", "ast", "hubert"])
+def test_transformers_audio_families_encode_and_rebuild_from_bundle_files(kind: str, tmp_path: Path) -> None:
+    import numpy as np
+
+    from headstart.encoders.audio import audio_encoder_from_description, create_audio_encoder
+
+    _tiny_audio_model(kind, tmp_path / kind)
+    encoder, _ = create_audio_encoder(str(tmp_path / kind))
+    encoder.eval()
+    waves = [np.random.default_rng(i).standard_normal(16000).astype(np.float32) * 0.1 for i in range(2)]
+    with torch.no_grad():
+        features = encoder(encoder.prepare(waves))
+    assert tuple(features.shape) == (2, 32) and torch.isfinite(features).all()
+    if kind in ("whisper", "hubert"):  # the convolutional front end is frozen by default
+        assert any(not p.requires_grad for p in encoder.parameters())
+    encoder.save_files(tmp_path / "saved")
+    rebuilt = audio_encoder_from_description(encoder.describe(), tmp_path / "saved")
+    rebuilt.load_state_dict(encoder.state_dict())
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(rebuilt.prepare(waves)), features, atol=1e-5)
