@@ -1,6 +1,6 @@
 """Free Spoken Digits (FSDD): the official split and leave-one-speaker-out, with AudioClassifier.
 
-    .venv/bin/python bench/fsdd.py --split official [--strategy fine_tune] [--epochs 6] [--json FILE]
+    .venv/bin/python bench/fsdd.py --split official [--strategy fine_tune] [--epochs 8] [--json FILE]
     .venv/bin/python bench/fsdd.py --split loso [--strategy linear_probe] [--json FILE]
 
 Official split (the dataset's README): takes 0-4 of every speaker are the test set (300 files), takes 5-49 the
@@ -43,12 +43,14 @@ def fit_and_test(train, val, test, args, cache: str) -> tuple[dict, object]:
     from headstart.audio_classifier import AudioClassifier
 
     started = time.perf_counter()
-    model = AudioClassifier(args.backbone, strategy=args.strategy, epochs=args.epochs, image_size=args.image_size,
-                            lr=args.lr, cache_dir=cache, progress=args.progress, seed=args.seed)
+    given = {name: getattr(args, name) for name in ("epochs", "lr", "spec_augment") if getattr(args, name) is not None}
+    model = AudioClassifier(args.backbone, strategy=args.strategy, image_size=args.image_size, cache_dir=cache,
+                            progress=args.progress, seed=args.seed, **given)
     model.fit(train, val=val, out=Path(tempfile.mkdtemp(prefix="fsdd-run-")))
     fit_seconds = time.perf_counter() - started
     probabilities = model.predict_proba(test.paths)
-    return {"fit_seconds": round(fit_seconds, 1), "best_epoch": model.best_epoch_, "epochs_run": len(model.history_),
+    return {"fit_seconds": round(fit_seconds, 1), "lr_used": model.lr_, "epochs_used": model.epochs_,
+            "spec_augment_used": model.spec_augment, "best_epoch": model.best_epoch_, "epochs_run": len(model.history_),
             "val_accuracy": model.metrics_["accuracy"]["value"], "clip_seconds": model.clip_seconds_,
             "sample_rate": model.sample_rate_,
             "history": [{k: h[k] for k in ("epoch", "stage", "val_loss", "val_accuracy", "seconds")}
@@ -60,18 +62,26 @@ def main() -> int:
     parser.add_argument("--split", choices=("official", "loso"), default="official")
     parser.add_argument("--backbone", default="logmel:efficientnet_lite0")
     parser.add_argument("--strategy", default="fine_tune")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the estimator's")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speakers", default=None, help="LOSO: comma-separated speakers to hold out (default all)")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: the estimator's (off)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not DATA.is_dir():
         print(f"FSDD not found at {DATA} (../shared/data beside the checkout)", file=sys.stderr)
         return 2
     import numpy as np
+    import torch
 
     from headstart.evaluate import classification_metrics
 
@@ -80,7 +90,8 @@ def main() -> int:
     cache = tempfile.mkdtemp(prefix="headstart-bench-fsdd-")  # cold feature store: honest wall times
     started = time.perf_counter()
     result: dict = {"split": args.split, "backbone": args.backbone, "strategy": args.strategy, "epochs": args.epochs,
-                    "image_size": args.image_size, "seed": args.seed}
+                    "image_size": args.image_size, "seed": args.seed, "lr": args.lr, "spec_augment": args.spec_augment,
+                    "threads": torch.get_num_threads()}
     if args.split == "official":
         test = samples([p for p in files if parts(p)[2] < 5], classes)
         val = samples([p for p in files if 5 <= parts(p)[2] < 10], classes)

@@ -25,9 +25,18 @@ DATA = ROOT.parent / "shared" / "data" / "text" / "sst2"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--strategies", default="linear_probe,fine_tune")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="fine_tune/lora epochs (default: the estimator's)")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--layer-decay", type=float, default=None)
+    parser.add_argument("--label-smoothing", type=float, default=None)
+    parser.add_argument("--monitor", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not DATA.is_dir():
         print(f"SST-2 not found at {DATA} (../shared/data beside the checkout)", file=sys.stderr)
         return 2
@@ -38,11 +47,13 @@ def main() -> int:
     for strategy in args.strategies.split(","):
         started = time.perf_counter()
         out = Path(tempfile.mkdtemp(prefix=f"sst2-{strategy}-"))
-        model = TextClassifier(strategy=strategy, epochs=args.epochs, cache_dir=cache, progress=False)
+        given = {name: getattr(args, name) for name in ("epochs", "lr", "layer_decay", "label_smoothing", "monitor")
+                 if getattr(args, name) is not None}
+        model = TextClassifier(strategy=strategy, cache_dir=cache, progress=False, **given)
         model.fit(DATA / "sst2_train.tsv", val=DATA / "sst2_dev.tsv", out=out)
         fit_seconds = time.perf_counter() - started
         test = model.evaluate(DATA / "sst2_test.tsv", out=out / "test")
-        row = {"strategy": strategy, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+        row = {"strategy": strategy, "settings": {**given, "lr_used": model.lr_}, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
                "dev_accuracy": model.metrics_["accuracy"]["value"], "best_epoch": model.best_epoch_,
                "epochs_run": len(model.history_), "fit_seconds": round(fit_seconds, 1),
                "total_seconds": round(time.perf_counter() - started, 1), "n_test": test["n_samples"],

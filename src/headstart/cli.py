@@ -73,6 +73,7 @@ def train(
     label_pattern: Annotated[Optional[str], typer.Option(help="Audio in one flat folder: regex with one group on file names giving the label, e.g. '^(\\d+)_'.")] = None,
     max_length: Annotated[int, typer.Option(help="Text: truncate to this many tokens.")] = 128,
     clip_seconds: Annotated[Optional[float], typer.Option(help="Audio: clip length (default: covers 95% of training clips).")] = None,
+    spec_augment: Annotated[bool, typer.Option("--spec-augment/--no-spec-augment", help="Audio logmel fine_tune: SpecAugment time/frequency masking (off by default; see docs/benchmarks.md).")] = False,
     layer_decay: Annotated[float, typer.Option(help="Text/audio fine_tune: each layer learns this times as fast as the next.")] = 0.8,
     lora_rank: Annotated[int, typer.Option(help="Text/audio lora: adapter rank.")] = 8,
     lora_merge: Annotated[bool, typer.Option("--lora-merge/--no-lora-merge", help="Save LoRA adapters folded into the weights (default) or separately.")] = True,
@@ -141,7 +142,7 @@ def train(
                 options.update(text_column=text_col, max_length=max_length)
             else:
                 options.update(path_column=path_col, group_column=group_col, group_pattern=group_pattern,
-                               label_pattern=label_pattern, clip_seconds=clip_seconds)
+                               label_pattern=label_pattern, clip_seconds=clip_seconds, spec_augment=spec_augment)
                 if image_size is not None:
                     options["image_size"] = image_size
             cls = estimator_class(chosen)

@@ -124,6 +124,9 @@ class EncoderClassifier:
     def _default_lr(self, strategy: str) -> float:
         raise NotImplementedError
 
+    def _default_epochs(self) -> int:
+        raise NotImplementedError
+
     def _key_extra(self) -> dict[str, Any]:
         return {}
 
@@ -139,7 +142,7 @@ class EncoderClassifier:
         else:
             reason = "as asked"
         console.print(f"[bold]Strategy[/bold] {strategy} ({reason}).", highlight=False)
-        epochs = 1 if strategy == "linear_probe" else (self.epochs or 3)
+        epochs = 1 if strategy == "linear_probe" else (self.epochs or self._default_epochs())
         return strategy, epochs
 
     def _features(self, items: list[Any], digests: list[bytes], *, console: Console, what: str) -> np.ndarray:

@@ -111,6 +111,7 @@ class LogMelImageEncoder(nn.Module):
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self.spec_augment = spec_augment
         self.feature_dim = int(cnn.num_features)
+        self.keep_norm_statistics = True  # see EncoderNet.train: BatchNorm keeps its statistics while fine-tuning
 
     def prepare(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
         return {"input_values": torch.from_numpy(np.stack(waves).astype(np.float32))}

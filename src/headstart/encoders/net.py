@@ -30,6 +30,18 @@ class EncoderNet(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.dropout(self.encoder(batch)))
 
+    def train(self, mode: bool = True) -> "EncoderNet":
+        """Train mode, except that an encoder asking to keep its normalisation statistics keeps its BatchNorm
+        layers in eval mode: the head was solved on features computed with those statistics, and batch statistics
+        of inputs far from the pretraining data (spectrograms into an ImageNet CNN) would change every feature at
+        the first step and wreck the solved head (LP-FT, Kumar et al. 2022)."""
+        super().train(mode)
+        if mode and getattr(self.encoder, "keep_norm_statistics", False):
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
     def freeze_encoder(self, frozen: bool) -> None:
         for parameter in self.encoder.parameters():
             parameter.requires_grad_(not frozen)
