@@ -57,7 +57,7 @@ def test_second_ranking_with_the_same_store_reads_every_feature_from_it(tmp_path
 
     assert not first[0].cached and second[0].cached
     text = console.export_text()
-    assert "32 training images" in text and "cached features" in text
+    assert "32 training examples" in text and "cached features" in text
     assert second[0].logme == first[0].logme and second[0].cv_accuracy == first[0].cv_accuracy
     # "random" weights are drawn from the seed inside a forked RNG: the caller's random state is left alone.
     assert torch.equal(torch.random.get_rng_state(), state)
