@@ -8,7 +8,7 @@ Shared by the image, text and audio estimators so their run folders read the sam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -24,11 +24,6 @@ __all__ = ["MIN_CALIBRATION_EXAMPLES", "Calibration", "print_skipped", "print_sp
 
 # Temperature scaling needs a validation set with some errors to say anything about confidence.
 MIN_CALIBRATION_EXAMPLES = 30
-
-
-class _Skipped(Protocol):
-    path: Any
-    reason: str
 
 
 def print_skipped(console: Console, skipped: list[Any]) -> None:
