@@ -31,7 +31,10 @@ from headstart.data.images import (
     scan_image_folder,
 )
 from headstart.errors import DataError, NotFittedError, ParameterError, check_choice
+from headstart.estimator import EstimatorBase
 from headstart.evaluate import classification_metrics, format_summary
+from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, view_names
+from headstart.heads import HEADS
 from headstart.inference import predict_files
 from headstart.plots import plot_confusion_matrix
 from headstart.reporting import (
@@ -43,8 +46,6 @@ from headstart.reporting import (
     write_run_report,
 )
 from headstart.storage import atomic_write_json
-from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, view_names
-from headstart.heads import HEADS
 from headstart.strategies import STRATEGIES
 
 __all__ = ["ImageClassifier", "frozen_feature_size", "print_skipped"]
@@ -68,7 +69,7 @@ def frozen_feature_size(pretrained_size: int) -> int:
     return int(round(pretrained_size * 1.29 / 32) * 32)
 
 
-class ImageClassifier:
+class ImageClassifier(EstimatorBase):
     """Transfer learning for image classification from a folder of labelled images.
 
     Args:
@@ -173,16 +174,6 @@ class ImageClassifier:
         self.progress = progress
 
     # -- scikit-learn conventions -------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, as given."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
-
-    def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if k == "backbone" or v != defaults[k]]
-        return f"{type(self).__name__}({', '.join(changed)})"
-
     def _check_fitted(self, method: str) -> None:
         if not hasattr(self, "model_"):
             raise NotFittedError(
@@ -255,10 +246,15 @@ class ImageClassifier:
         Raises:
             ParameterError, DataError, WeightsNotFoundError, ResumeError.
         """
+        from headstart.backbones import create_backbone
         from headstart.data.images import load_image_dataset
         from headstart.data.transforms import ImageDataset, build_transform
-        from headstart.backbones import create_backbone
-        from headstart.strategies import ClassifierNet, choose_strategy, default_epochs, plan_stages
+        from headstart.strategies import (
+            ClassifierNet,
+            choose_strategy,
+            default_epochs,
+            plan_stages,
+        )
         from headstart.train import process_rank, train_classifier
 
         self._validate_params()

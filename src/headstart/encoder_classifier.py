@@ -26,10 +26,16 @@ from headstart.bundle import load_bundle, save_bundle
 from headstart.calibration import apply_temperature
 from headstart.encoders.net import EncoderNet, apply_lora, merge_lora
 from headstart.errors import NotFittedError, ParameterError, check_choice
+from headstart.estimator import EstimatorBase
 from headstart.evaluate import classification_metrics, format_summary, log_loss
 from headstart.features.store import FeatureKey, FeatureStore, weights_digest
 from headstart.heads import HEADS, fit_linear_head, fit_sklearn_head
-from headstart.reporting import calibrate_on_validation, print_skipped, print_splits, write_run_report
+from headstart.reporting import (
+    calibrate_on_validation,
+    print_skipped,
+    print_splits,
+    write_run_report,
+)
 from headstart.storage import atomic_write_json
 
 __all__ = ["EncoderClassifier", "ENCODER_STRATEGIES", "text_digest"]
@@ -49,23 +55,13 @@ def text_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-class EncoderClassifier:
+class EncoderClassifier(EstimatorBase):
     """What text and audio share; subclasses say how inputs are read, batched and identified."""
 
     task = ""
     modality = ""
 
     # -- scikit-learn conventions -------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, as given."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
-
-    def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if k == "backbone" or v != defaults[k]]
-        return f"{type(self).__name__}({', '.join(changed)})"
-
     def _check_fitted(self, method: str) -> None:
         if not hasattr(self, "net_"):
             raise NotFittedError(
