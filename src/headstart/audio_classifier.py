@@ -29,6 +29,9 @@ __all__ = ["AudioClassifier"]
 class AudioClassifier(EncoderClassifier):
     """Transfer learning for audio classification (spoken words, sounds) from labelled audio files.
 
+    ``fit`` takes a folder of class folders of audio files, a flat folder with ``label_pattern``, a table of
+    paths and labels, or :class:`headstart.data.audio.AudioSamples`.
+
     Args:
         backbone: ``logmel:<image backbone>`` (log-mel spectrogram into a pretrained image CNN; offline default
             ``logmel:efficientnet_lite0``), or a transformers audio model folder / hub id (wav2vec2, HuBERT, AST,
@@ -166,11 +169,6 @@ class AudioClassifier(EncoderClassifier):
     def _restore_extra(self, config: dict[str, Any]) -> None:
         self.clip_seconds_ = float(config["clip_seconds"])
         self.sample_rate_ = int(config["sample_rate"])
-
-    def fit(self, data: Any, *, val: Any = None, out: str | os.PathLike[str] | None = None) -> "AudioClassifier":
-        """Train on a folder of class folders of audio files, a flat folder with ``label_pattern``, a table of
-        paths and labels, or :class:`headstart.data.audio.AudioSamples`; see :meth:`EncoderClassifier.fit`."""
-        return super().fit(data, val=val, out=out)  # type: ignore[return-value]
 
     def predict_proba(self, files: Sequence[str | os.PathLike[str]]) -> np.ndarray:
         """Class probabilities for each audio file, shape (len(files), len(classes_)).

@@ -24,7 +24,13 @@ from torch import nn
 from headstart.backbones.registry import Preprocessing
 from headstart.errors import BundleError
 from headstart.heads import load_sklearn_head, save_sklearn_head
-from headstart.storage import atomic_directory, atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from headstart.storage import (
+    atomic_directory,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+)
 
 __all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle", "library_versions"]
 

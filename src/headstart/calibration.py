@@ -22,8 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: figures never touch the user's backend or need a display
-from scipy.optimize import minimize_scalar  # scipy is a dependency of scikit-learn, which headstart requires
+from matplotlib.figure import (
+    Figure,  # no pyplot: figures never touch the user's backend or need a display
+)
+from scipy.optimize import (
+    minimize_scalar,  # scipy is a dependency of scikit-learn, which headstart requires
+)
 
 from headstart.errors import ParameterError
 from headstart.evaluate import log_loss

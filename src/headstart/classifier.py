@@ -331,7 +331,7 @@ class ImageClassifier(EstimatorBase):
                                             cache_features=True)
 
         run_config = {
-            "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in self.get_params().items()},
+            "params": self.plain_params(),
             "data": str(Path(data).resolve()), "val": None if val is None else str(Path(val).resolve()),
             "strategy": strategy, "epochs": epochs, "stages": [s.to_dict() for s in stages],
             "backbone": {"name": spec.name, "timm_id": spec.timm_id, "weights": source.description},
@@ -537,7 +537,7 @@ class ImageClassifier(EstimatorBase):
         self._check_fitted("save")
         if not getattr(self, "is_main_process_", True):
             return Path(path)
-        params = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.get_params().items()}
+        params = self.plain_params()
         config = {
             "task": "image_classification",
             "architecture": self.backbone_spec_["architecture"],

@@ -185,7 +185,12 @@ def evaluate(
 
 
 def _image_inputs(items: list[str], classifier: object) -> tuple[list[Path], list[object]]:
-    from headstart.data.images import ImageDecodeError, SkippedFile, list_image_files, load_image
+    from headstart.data.images import (
+        ImageDecodeError,
+        SkippedFile,
+        list_image_files,
+        load_image,
+    )
 
     files: list[Path] = []
     skipped: list[object] = []
@@ -300,7 +305,12 @@ def backbones(
     details: Annotated[bool, typer.Option(help="Also show timm model, normalisation and where weights come from.")] = False,
 ) -> None:
     """List the registered backbones, their size and input, and whether weights are available right now."""
-    from headstart.backbones import count_parameters, get_backbone_spec, list_backbones, resolve_weights
+    from headstart.backbones import (
+        count_parameters,
+        get_backbone_spec,
+        list_backbones,
+        resolve_weights,
+    )
     from headstart.errors import WeightsNotFoundError
 
     table = Table(show_edge=False)
@@ -385,13 +395,13 @@ def lr_find(
     import torch
 
     from headstart.backbones import Preprocessing, create_backbone, get_backbone_spec
+    from headstart.classifier import ImageClassifier
     from headstart.data.images import load_image_dataset
     from headstart.data.transforms import ImageDataset, build_transform
-    from headstart.classifier import ImageClassifier
+    from headstart.errors import check_choice
     from headstart.lr_finder import find_learning_rate, plot_lr_finder
     from headstart.storage import atomic_write_json
     from headstart.strategies import ClassifierNet, plan_stages
-    from headstart.errors import check_choice
 
     try:
         check_choice("lr-find", "stage", stage, ("head", "all"))
@@ -505,7 +515,6 @@ def rank(
     from headstart.features import FeatureStore
     from headstart.rank import format_ranking, rank_backbones
     from headstart.storage import atomic_write_json
-
     from headstart.tasks import detect_task
 
     try:

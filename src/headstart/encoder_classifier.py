@@ -295,7 +295,7 @@ class EncoderClassifier(EstimatorBase):
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_dir / "config.json", {
-                "task": self.task, "params": self._plain_params(), "data": str(data) if not hasattr(data, "labels")
+                "task": self.task, "params": self.plain_params(), "data": str(data) if not hasattr(data, "labels")
                 else "samples", "strategy": strategy, "epochs": epochs, "lr": lr, "encoder": self.encoder_description_,
                 "lora": self.lora_})
             atomic_write_json(run_dir / "data.json", splits.summary())
@@ -308,9 +308,6 @@ class EncoderClassifier(EstimatorBase):
                 extra_metrics={"strategy": strategy, "epochs": epochs, "best_epoch": best_epoch,
                                "fit_seconds": self.fit_seconds_, "skipped_count": len(self.skipped_)})
         return self
-
-    def _plain_params(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.get_params().items()}
 
     # -- prediction and evaluation ---------------------------------------------------------------------------------
     def _predict_items(self, items: list[Any]) -> np.ndarray:
@@ -368,7 +365,7 @@ class EncoderClassifier(EstimatorBase):
             "backbone": {"name": self.backbone, "weights": self.encoder_description_["source"]},
             "encoder": self.encoder_description_, "preprocessing": self.encoder_description_,
             "classes": self.classes_, "strategy": self.strategy_, "epochs": self.epochs_, "best_epoch": self.best_epoch_,
-            "lr": self.lr_, "lora": self.lora_, "params": self._plain_params(), "history": self.history_,
+            "lr": self.lr_, "lora": self.lora_, "params": self.plain_params(), "history": self.history_,
             "metrics": getattr(self, "metrics_", None), "temperature": getattr(self, "temperature_", 1.0),
             "calibration": getattr(self, "calibration_", None), **self._extra_config(),
             "head": {"kind": "linear"} if self.head_ is None else {"kind": "sklearn", "name": self.head},

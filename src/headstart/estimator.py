@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 __all__ = ["EstimatorBase"]
@@ -20,3 +21,7 @@ class EstimatorBase:
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
         changed = [f"{k}={v!r}" for k, v in self.get_params().items() if k == "backbone" or v != defaults[k]]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+    def plain_params(self) -> dict[str, Any]:
+        """The parameters as JSON-ready values (paths as strings), for run configs and bundles."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.get_params().items()}

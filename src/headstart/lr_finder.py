@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure  # no pyplot: figures never touch the user's backend or need a display
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from matplotlib.figure import (
+    Figure,  # no pyplot: figures never touch the user's backend or need a display
+)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from torch import nn
 from torch.optim import AdamW
 from torch.utils.data import DataLoader

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: figures never touch the user's backend or need a display
+from matplotlib.figure import (
+    Figure,  # no pyplot: figures never touch the user's backend or need a display
+)
 from matplotlib.ticker import MaxNLocator
 
 from headstart.storage import atomic_replace, temporary_sibling

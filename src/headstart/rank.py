@@ -26,7 +26,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from headstart.backbones import Preprocessing, create_backbone, get_backbone_spec, list_backbones
+from headstart.backbones import (
+    Preprocessing,
+    create_backbone,
+    get_backbone_spec,
+    list_backbones,
+)
 from headstart.data.images import DatasetSplits, load_image_dataset
 from headstart.errors import HeadstartError, ParameterError, check_choice
 from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore

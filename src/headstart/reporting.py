@@ -14,7 +14,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from headstart.calibration import apply_temperature, calibration_report, fit_temperature, plot_reliability_diagram
+from headstart.calibration import (
+    apply_temperature,
+    calibration_report,
+    fit_temperature,
+    plot_reliability_diagram,
+)
 from headstart.evaluate import format_summary
 from headstart.plots import plot_confusion_matrix, plot_training_curves
 from headstart.storage import atomic_write_json, atomic_write_text

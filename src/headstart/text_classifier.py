@@ -100,10 +100,10 @@ class TextClassifier(EncoderClassifier):
         """Training: batches of similar length (less padding), sorted within shuffled chunks of 50 batches, the
         batch order shuffled again. Evaluation (``shuffle_seed=None``): batches in the input order."""
         order = np.arange(len(items))
-        lengths = np.array([len(t) for t in items])
         if shuffle_seed is None:
             batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         else:
+            lengths = np.array([len(t) for t in items])
             rng = np.random.default_rng(shuffle_seed)
             order = rng.permutation(len(items))
             chunk = batch_size * 50

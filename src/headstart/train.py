@@ -22,12 +22,27 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    TensorDataset,
+)
 
 from headstart.data.transforms import ImageDataset
 from headstart.errors import ParameterError, ResumeError, check_choice
+from headstart.evaluate import log_loss
+from headstart.features import FeatureExtractor
+from headstart.heads import fit_linear_head
 from headstart.inference import auto_num_workers, forward_batches, predict_dataset
 from headstart.storage import (
     atomic_directory,
@@ -38,9 +53,6 @@ from headstart.storage import (
     read_json,
     unflatten_optimizer_state,
 )
-from headstart.evaluate import log_loss
-from headstart.features import FeatureExtractor
-from headstart.heads import fit_linear_head
 from headstart.strategies import ClassifierNet, Stage, parameter_groups
 
 __all__ = ["TrainConfig", "TrainState", "lr_factor", "train_classifier", "latest_checkpoint", "process_rank"]

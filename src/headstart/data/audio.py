@@ -25,6 +25,7 @@ import soundfile
 import soxr
 
 from headstart.data.images import SkippedFile, _is_hidden, stratified_split
+from headstart.data.text import sort_class_names
 from headstart.errors import DataError, ParameterError
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class AudioSamples:
                 raise ParameterError(f"AudioSamples.from_lists needs one '{name}' entry per path: got {len(values)} "
                                      f"for {len(paths)} paths.", fix="Pass lists of equal length.")
         names = [str(label) for label in labels]
-        class_names = [str(c) for c in classes] if classes is not None else _sorted_classes(set(names))
+        class_names = [str(c) for c in classes] if classes is not None else sort_class_names(set(names))
         unknown = sorted(set(names) - set(class_names))
         if unknown:
             raise DataError(f"Labels {unknown[:10]} are not among the classes {class_names}.",
@@ -161,14 +162,6 @@ class AudioSplits:
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "notes": list(self.notes),
         }
-
-
-def _sorted_classes(names: Iterable[str]) -> list[str]:
-    """Sorted class names, numerically when every name is an integer ("2" before "10")."""
-    names = list(names)
-    if names and all(re.fullmatch(r"-?\d+", n) for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
 
 
 def read_audio(path: str | os.PathLike[str], *, sample_rate: int) -> np.ndarray:
@@ -265,7 +258,7 @@ def _inspect_files(candidates: list[tuple[Path, str, str | None]], root: Path, r
     clipped = [c[0].name for c, r in zip(candidates, results) if r[1] is None and r[2] is not None]
     required = {label for _, label, _ in candidates} if required is None else required
     samples = AudioSamples.from_lists(
-        [c[0] for c, _ in kept], [c[1] for c, _ in kept], classes=classes or _sorted_classes(required),
+        [c[0] for c, _ in kept], [c[1] for c, _ in kept], classes=classes or sort_class_names(required),
         groups=[c[2] for c, _ in kept] if any(c[2] is not None for c in candidates) else None,
         durations=[seconds for _, seconds in kept], root=root)
     empty = sorted(name for name, count in samples.class_counts().items() if count == 0 and name in required)
@@ -361,7 +354,7 @@ def scan_audio_folder(root: str | os.PathLike[str], *, classes: Sequence[str] | 
     if not root.is_dir():
         raise DataError(f"The {role} folder {root} does not exist or is not a folder.",
                         fix="Pass a folder that holds one subfolder of audio files per class.")
-    found = _sorted_classes(e.name for e in root.iterdir() if e.is_dir() and not _is_hidden(e.name))
+    found = sort_class_names(e.name for e in root.iterdir() if e.is_dir() and not _is_hidden(e.name))
     if classes is not None:
         missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
         if extra or (require_all_classes and missing):

@@ -33,6 +33,7 @@ __all__ = [
     "looks_like_text_data",
     "read_text_lines",
     "read_labelled_texts",
+    "sort_class_names",
     "read_text_table",
 ]
 
@@ -103,7 +104,7 @@ class TextSamples:
         if len(texts) != len(names):
             raise ParameterError(f"TextSamples.from_lists needs one label per text. Got {len(texts)} texts and "
                                  f"{len(names)} labels.", fix="Pass lists of the same length.")
-        class_names = list(classes) if classes is not None else _sort_classes(set(names))
+        class_names = list(classes) if classes is not None else sort_class_names(set(names))
         index = {name: position for position, name in enumerate(class_names)}
         unknown = sorted(set(names) - set(index))
         if unknown:
@@ -140,7 +141,12 @@ class TextSplits:
         }
 
 
-def _sort_classes(names: Iterable[str]) -> list[str]:
+def sort_class_names(names: Iterable[str]) -> list[str]:
+    """Sorted class names, numerically when every name is a number ("2" before "10").
+
+    >>> sort_class_names(["10", "2", "1"])
+    ['1', '2', '10']
+    """
     names = list(names)
     if names and all(re.fullmatch(r"[+-]?\d+(\.\d+)?", name) for name in names):
         return sorted(names, key=lambda name: (float(name), name))
@@ -338,7 +344,7 @@ def _drop_duplicates(rows: list[Row], source: str) -> tuple[list[Row], list[Skip
     seen: set[str] = set()
     for text, label, where in rows:
         if len(labels_of[text]) > 1:
-            names = ", ".join(_sort_classes(str(name) for name in labels_of[text]))
+            names = ", ".join(sort_class_names(str(name) for name in labels_of[text]))
             skipped.append(SkippedFile(where, f"same text with different labels: {names}"))
         elif text not in seen:
             seen.add(text)
@@ -531,7 +537,7 @@ def _read_samples(source: str | os.PathLike[str] | TextSamples, role: str, class
                                 "label.")
         texts, names = [row[0] for row in rows], [str(row[1]) for row in rows]
     if classes is not None:
-        unseen = _sort_classes(set(names) - set(classes))
+        unseen = sort_class_names(set(names) - set(classes))
         if unseen:
             raise DataError(f"The {role} data {where} has labels that are not in the training data: {unseen}. "
                             f"Training classes: {classes}.",

@@ -50,7 +50,9 @@ class EncoderNet(nn.Module):
 
 
 def _lora_targets(model: nn.Module) -> Any:
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known,
+    )
 
     return known.get(model.config.model_type, "all-linear")
 

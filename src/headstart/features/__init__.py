@@ -1,8 +1,24 @@
 """Frozen-backbone features: extraction through a fast runtime, and their on-disk cache."""
 
-from headstart.features.extract import ExtractionReport, FeatureExtractor, extract_features, view_names
-from headstart.features.runtime import RUNTIMES, FeatureEngine, available_runtimes, create_engine
-from headstart.features.store import FeatureKey, FeatureStore, default_cache_dir, file_digest, weights_digest
+from headstart.features.extract import (
+    ExtractionReport,
+    FeatureExtractor,
+    extract_features,
+    view_names,
+)
+from headstart.features.runtime import (
+    RUNTIMES,
+    FeatureEngine,
+    available_runtimes,
+    create_engine,
+)
+from headstart.features.store import (
+    FeatureKey,
+    FeatureStore,
+    default_cache_dir,
+    file_digest,
+    weights_digest,
+)
 
 __all__ = [
     "ExtractionReport",

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -27,7 +33,12 @@ from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from headstart.data.transforms import ImageDataset, build_transform
 from headstart.errors import ParameterError
 from headstart.features.runtime import FeatureEngine, create_engine
-from headstart.features.store import FeatureKey, FeatureStore, file_digest, weights_digest
+from headstart.features.store import (
+    FeatureKey,
+    FeatureStore,
+    file_digest,
+    weights_digest,
+)
 from headstart.inference import auto_num_workers
 
 __all__ = ["FeatureExtractor", "ExtractionReport", "extract_features", "view_names"]

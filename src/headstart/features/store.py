@@ -30,7 +30,12 @@ import numpy as np
 import torch
 
 from headstart.errors import ParameterError
-from headstart.storage import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from headstart.storage import (
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+)
 
 __all__ = [
     "FeatureKey",
