@@ -92,3 +92,15 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_text_source("minilm").location).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model folder: EfficientNet-Lite0 (offline package weights), linear probe on the bundled ants/bees
+    sample at 160 px (~20 s). Its validation.json lists the sample's val photos."""
+    from headstart import ImageClassifier
+
+    out = tmp_path_factory.mktemp("hymenoptera-bundle")
+    classifier = ImageClassifier(strategy="linear_probe", image_size=160, progress=False, runtime="torch")
+    classifier.fit(SAMPLE / "train", val=SAMPLE / "val")
+    return classifier.save(out / "model")

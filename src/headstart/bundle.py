@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,12 +32,15 @@ from headstart.storage import (
     read_json,
 )
 
-__all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle", "library_versions"]
+__all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle", "library_versions",
+           "validation_reference"]
 
 BUNDLE_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 HEAD_FILE = "head.skops"
+VALIDATION_FILE = "validation.json"  # the validation inputs (file paths or texts) and labels: export checks on them
+MAX_VALIDATION_ITEMS = 5000
 ENCODER_DIR = "encoder"
 ENCODER_TASKS = ("text_classification", "audio_classification")
 
@@ -61,6 +64,7 @@ class Bundle:
     model: nn.Module
     config: dict[str, Any]
     head: Any = None  # a scikit-learn head on the model's pooled features, when the bundle has one
+    validation: dict[str, Any] | None = None  # {"kind": "files"|"texts", "inputs": [...], "labels": [...]}
 
     @property
     def classes(self) -> list[str]:
@@ -71,15 +75,25 @@ class Bundle:
         return Preprocessing.from_dict(self.config["preprocessing"])
 
 
+def validation_reference(inputs: Sequence[Any], labels: Sequence[int], *, kind: str) -> dict[str, Any]:
+    """What ``save_bundle(validation=...)`` stores: the validation split's file paths (absolute) or texts, and
+    labels, at most :data:`MAX_VALIDATION_ITEMS` (an evenly spaced subset beyond that)."""
+    step = max(1, -(-len(inputs) // MAX_VALIDATION_ITEMS))
+    items = [str(Path(x).resolve()) if kind == "files" else str(x) for x in list(inputs)[::step]]
+    return {"kind": kind, "inputs": items, "labels": [int(v) for v in list(labels)[::step]]}
+
+
 def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any], *, head: Any = None,
-                encoder_files: Callable[[Path], None] | None = None) -> Path:
+                encoder_files: Callable[[Path], None] | None = None,
+                validation: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (a timm classifier) and ``config`` to the folder ``path``, replacing it atomically.
 
     ``config`` must hold ``architecture``, ``classes`` and ``preprocessing``; format and library versions
     are added here. A scikit-learn ``head`` (on the backbone's pooled features; the model then has no
     classifier) is written as ``head.skops``: JSON and numpy arrays in a zip, no pickle. ``encoder_files``
     writes what rebuilds a text/audio encoder's structure (transformers config, tokenizer or feature extractor;
-    no weights) into the bundle's ``encoder/`` folder.
+    no weights) into the bundle's ``encoder/`` folder. ``validation`` (from :func:`validation_reference`) is
+    written as ``validation.json``: ``headstart export`` checks the exported model on those real inputs.
     """
     missing = [key for key in ("architecture", "classes", "preprocessing") if key not in config]
     if missing:
@@ -99,6 +113,8 @@ def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str
         if encoder_files is not None:
             (temporary / ENCODER_DIR).mkdir()
             encoder_files(temporary / ENCODER_DIR)
+        if validation is not None:
+            atomic_write_json(temporary / VALIDATION_FILE, validation)
         atomic_write_json(temporary / CONFIG_FILE, full)
     return Path(path)
 
@@ -160,4 +176,10 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
             fix="The folder may be damaged or mixed from two models; re-save it.",
         ) from None
     model.eval().to(device)
-    return Bundle(path=path, model=model, config=config, head=head)
+    validation = None
+    if (path / VALIDATION_FILE).is_file():
+        try:
+            validation = read_json(path / VALIDATION_FILE)
+        except ValueError:
+            validation = None  # only export's default parity inputs depend on it; it then asks for --data
+    return Bundle(path=path, model=model, config=config, head=head, validation=validation)

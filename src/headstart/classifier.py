@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 
 from headstart.backbones import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
-from headstart.bundle import load_bundle, save_bundle
+from headstart.bundle import load_bundle, save_bundle, validation_reference
 from headstart.calibration import apply_temperature
 from headstart.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -368,6 +368,7 @@ class ImageClassifier(EstimatorBase):
         self.epochs_ = epochs
         self.best_epoch_ = state.best_epoch
         self.skipped_ = list(splits.skipped)
+        self.validation_ = validation_reference(splits.val.paths, splits.val.labels, kind="files")
         self.backbone_spec_ = {"name": spec.name, "timm_id": spec.timm_id, "architecture": spec.architecture,
                                "weights": source.description}
         self.train_config_ = asdict(config)
@@ -557,7 +558,8 @@ class ImageClassifier(EstimatorBase):
             "head": ({"kind": "linear"} if getattr(self, "head_", None) is None else
                      {"kind": "sklearn", "name": self.head, "backbone_classes": 0}),
         }
-        return save_bundle(path, self.model_, config, head=getattr(self, "head_", None))
+        return save_bundle(path, self.model_, config, head=getattr(self, "head_", None),
+                           validation=getattr(self, "validation_", None))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "ImageClassifier":
@@ -584,6 +586,7 @@ class ImageClassifier(EstimatorBase):
         classifier.temperature_ = float(config.get("temperature", 1.0))
         classifier.calibration_ = config.get("calibration")
         classifier.head_ = bundle.head
+        classifier.validation_ = bundle.validation
         classifier.skipped_ = []
         classifier.is_main_process_ = True
         return classifier

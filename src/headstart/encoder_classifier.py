@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from headstart.bundle import load_bundle, save_bundle
+from headstart.bundle import load_bundle, save_bundle, validation_reference
 from headstart.calibration import apply_temperature
 from headstart.encoders.net import EncoderNet, apply_lora, merge_lora
 from headstart.errors import NotFittedError, ParameterError, check_choice
@@ -282,6 +282,10 @@ class EncoderClassifier(EstimatorBase):
         self.lora_ = None if lora_settings is None else {"settings": lora_settings, "merged": bool(self.lora_merge)}
         self.encoder_description_ = {**encoder.describe(), "source": description}
         self.skipped_ = list(splits.skipped)
+        if self.modality == "text":
+            self.validation_ = validation_reference(splits.val.texts, splits.val.labels, kind="texts")
+        else:
+            self.validation_ = validation_reference(splits.val.paths, splits.val.labels, kind="files")
         self.metrics_ = classification_metrics(val_labels, probabilities, classes=classes, seed=self.seed)
         calibration = calibrate_on_validation(probabilities, val_labels, enabled=self.calibrate, console=console)
         self.temperature_, self.calibration_ = calibration.temperature, calibration.report
@@ -370,7 +374,8 @@ class EncoderClassifier(EstimatorBase):
             "calibration": getattr(self, "calibration_", None), **self._extra_config(),
             "head": {"kind": "linear"} if self.head_ is None else {"kind": "sklearn", "name": self.head},
         }
-        return save_bundle(path, self.net_, config, head=self.head_, encoder_files=self.net_.encoder.save_files)
+        return save_bundle(path, self.net_, config, head=self.head_, encoder_files=self.net_.encoder.save_files,
+                           validation=getattr(self, "validation_", None))
 
     def _extra_config(self) -> dict[str, Any]:
         return {}
@@ -395,6 +400,7 @@ class EncoderClassifier(EstimatorBase):
         classifier._active_encoder = bundle.model.encoder
         classifier.classes_ = bundle.classes
         classifier.head_ = bundle.head
+        classifier.validation_ = bundle.validation
         classifier.strategy_, classifier.epochs_ = config.get("strategy"), config.get("epochs")
         classifier.best_epoch_, classifier.history_ = config.get("best_epoch"), config.get("history", [])
         classifier.lr_, classifier.lora_ = config.get("lr"), config.get("lora")

@@ -14,6 +14,7 @@ __all__ = [
     "BundleError",
     "NotFittedError",
     "ResumeError",
+    "ExportError",
 ]
 
 
@@ -53,6 +54,10 @@ class NotFittedError(HeadstartError, AttributeError):
 
 class ResumeError(HeadstartError):
     """A run folder cannot be resumed (no checkpoint, or a different configuration)."""
+
+
+class ExportError(HeadstartError):
+    """A model could not be exported, or the exported model does not compute what torch computes."""
 
 
 def check_choice(owner: str, name: str, value: object, choices: "set[str] | list[str] | tuple[str, ...]") -> None:

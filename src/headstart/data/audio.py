@@ -9,6 +9,7 @@ in the file name or a table column), the validation split never shares a group w
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile
@@ -46,6 +47,7 @@ __all__ = [
     "read_labelled_audio",
     "looks_like_audio_data",
     "read_audio",
+    "read_audio_bytes",
     "read_audio_table",
     "samples_from_pattern",
     "scan_audio_folder",
@@ -171,22 +173,44 @@ def read_audio(path: str | os.PathLike[str], *, sample_rate: int) -> np.ndarray:
         ParameterError: ``sample_rate`` is not a positive integer.
         AudioDecodeError: the file is empty, not audio, truncated, holds no frames or non-finite samples.
     """
+    _check_rate(sample_rate)
+    path = Path(path)
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as error:
+        raise AudioDecodeError(path, _library_reason(error)) from None
+    if empty:
+        raise AudioDecodeError(path, "the file is empty (0 bytes)")
+    return _decode_audio(path, name=path, sample_rate=sample_rate)
+
+
+def read_audio_bytes(data: bytes, *, name: str = "upload", sample_rate: int) -> np.ndarray:
+    """Decode audio held in memory (an upload) exactly like :func:`read_audio` decodes a file.
+
+    Raises:
+        AudioDecodeError: the bytes are empty or not decodable audio (the message names ``name``).
+    """
+    _check_rate(sample_rate)
+    if not data:
+        raise AudioDecodeError(name, "it is empty (0 bytes)")
+    return _decode_audio(io.BytesIO(data), name=name, sample_rate=sample_rate)
+
+
+def _check_rate(sample_rate: Any) -> None:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise ParameterError(f"The 'sample_rate' parameter must be a positive integer (Hz). Got {sample_rate!r}.",
                              fix="Pass sample_rate=16000, for example.")
-    path = Path(path)
+
+
+def _decode_audio(source: Path | io.BytesIO, *, name: str | Path, sample_rate: int) -> np.ndarray:
     try:
-        if path.stat().st_size == 0:
-            raise AudioDecodeError(path, "the file is empty (0 bytes)")
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except AudioDecodeError:
-        raise
-    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, EOFError) as error:
-        raise AudioDecodeError(path, _library_reason(error)) from None
+        data, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, EOFError, TypeError) as error:
+        raise AudioDecodeError(name, _library_reason(error)) from None
     if data.shape[0] == 0:
-        raise AudioDecodeError(path, "it holds no audio frames")
+        raise AudioDecodeError(name, "it holds no audio frames")
     if not np.isfinite(data).all():
-        raise AudioDecodeError(path, "it holds NaN or infinite samples")
+        raise AudioDecodeError(name, "it holds NaN or infinite samples")
     wave = data.mean(axis=1)
     if rate != sample_rate:
         wave = soxr.resample(wave, rate, int(sample_rate), quality="HQ")

@@ -8,6 +8,7 @@ cannot be used are skipped, counted and listed before any training starts, never
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections import Counter
@@ -28,6 +29,7 @@ __all__ = [
     "ImageSamples",
     "DatasetSplits",
     "ImageDecodeError",
+    "load_image_bytes",
     "load_image",
     "scan_image_folder",
     "list_image_files",
@@ -154,6 +156,28 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_IM
         ImageDecodeError: the file is empty, not an image, truncated, too large, or otherwise unreadable.
     """
     path = Path(path)
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as error:
+        raise ImageDecodeError(path, str(error) or type(error).__name__) from None
+    if empty:
+        raise ImageDecodeError(path, "the file is empty (0 bytes)")
+    return _decode_image(path, name=path, max_pixels=max_pixels, draft_size=draft_size)
+
+
+def load_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an image held in memory (an upload) exactly like :func:`load_image` decodes a file.
+
+    Raises:
+        ImageDecodeError: the bytes are empty, not an image, truncated or too large (the message names ``name``).
+    """
+    if not data:
+        raise ImageDecodeError(name, "it is empty (0 bytes)")
+    return _decode_image(io.BytesIO(data), name=name, max_pixels=max_pixels, draft_size=None)
+
+
+def _decode_image(source: Path | io.BytesIO, *, name: str | Path, max_pixels: int, draft_size: int | None
+                  ) -> Image.Image:
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise DataError("Pillow's ImageFile.LOAD_TRUNCATED_IMAGES is True in this process, so truncated images"
                         " would be padded silently instead of skipped.",
@@ -163,15 +187,13 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_IM
         # that applies, so a larger limit asked for here must lift Pillow's.
         Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        if path.stat().st_size == 0:
-            raise ImageDecodeError(path, "the file is empty (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageDecodeError(
-                        path, f"{width}x{height} pixels exceeds the limit of {max_pixels} (possible decompression bomb)"
+                        name, f"{width}x{height} pixels exceeds the limit of {max_pixels} (possible decompression bomb)"
                     )
                 if draft_size is not None and image.format == "JPEG":
                     image.draft(image.mode, (draft_size, draft_size))
@@ -182,14 +204,14 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_IM
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(path, "not an image format Pillow can read") from None
+        raise ImageDecodeError(name, "not an image format Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageDecodeError(path, f"possible decompression bomb ({error})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
+        raise ImageDecodeError(name, f"possible decompression bomb ({error})") from None
+    except Exception as error:  # noqa: BLE001 - Pillow plugins raise many types on hostile bytes; all mean "unusable"
         message = str(error) or type(error).__name__
         if "truncated" in message:
             message = f"the file is truncated ({message})"
-        raise ImageDecodeError(path, message) from None
+        raise ImageDecodeError(name, message[:300]) from None
 
 
 def _check_file(path: Path, max_pixels: int) -> str | None:

@@ -56,11 +56,20 @@ class LogMelSpectrogram(nn.Module):
                                max_frequency=sample_rate / 2, sampling_rate=sample_rate, norm="slaney",
                                mel_scale="slaney")
         self.register_buffer("mel_bank", torch.from_numpy(bank.astype(np.float32)), persistent=False)
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        # The short-time Fourier transform as one strided convolution with Hann-windowed cosine and sine kernels:
+        # the same numbers as torch.stft(center=True, reflect padding), but made of operations ONNX can export.
+        n_freq = n_fft // 2 + 1
+        time = torch.arange(n_fft, dtype=torch.float64)
+        angle = 2.0 * math.pi * torch.outer(torch.arange(n_freq, dtype=torch.float64), time) / n_fft
+        window = torch.hann_window(n_fft, dtype=torch.float64)
+        kernels = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window]).unsqueeze(1)
+        self.register_buffer("dft_kernels", kernels.float(), persistent=False)  # (2 * n_freq, 1, n_fft)
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
-        spectrum = torch.stft(waves.float(), self.n_fft, hop_length=self.hop_length, window=self.window,
-                              center=True, return_complex=True).abs().pow(2)  # (batch, freq, frames)
+        padded = F.pad(waves.float().unsqueeze(1), (self.n_fft // 2, self.n_fft // 2), mode="reflect")
+        parts = F.conv1d(padded, self.dft_kernels, stride=self.hop_length)  # (batch, 2 * freq, frames)
+        real, imaginary = parts.chunk(2, dim=1)
+        spectrum = real.pow(2) + imaginary.pow(2)  # (batch, freq, frames)
         mel = torch.einsum("bft,fm->bmt", spectrum, self.mel_bank)
         decibels = 10.0 * torch.log10(mel.clamp_min(1e-10))
         peak = decibels.amax(dim=(1, 2), keepdim=True)
@@ -112,6 +121,7 @@ class LogMelImageEncoder(nn.Module):
         self.spec_augment = spec_augment
         self.feature_dim = int(cnn.num_features)
         self.keep_norm_statistics = True  # see EncoderNet.train: BatchNorm keeps its statistics while fine-tuning
+        self.input_name = "input_values"
 
     def prepare(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
         return {"input_values": torch.from_numpy(np.stack(waves).astype(np.float32))}
@@ -165,6 +175,8 @@ class TransformersAudioEncoder(nn.Module):
         self.feature_extractor = feature_extractor
         self.sample_rate = int(getattr(feature_extractor, "sampling_rate", 16000))
         self.freeze_feature_encoder = freeze_feature_encoder
+        names = list(getattr(feature_extractor, "model_input_names", None) or ["input_values"])
+        self.input_name = "input_features" if "input_features" in names else "input_values"
         self.feature_dim = int(getattr(model.config, "hidden_size", 0) or model.config.d_model)
         self.apply_freezing()
 
@@ -181,8 +193,7 @@ class TransformersAudioEncoder(nn.Module):
     def prepare(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
         inputs = self.feature_extractor([w.astype(np.float32) for w in waves], sampling_rate=self.sample_rate,
                                         return_tensors="pt")
-        name = "input_features" if "input_features" in inputs else "input_values"
-        return {name: inputs[name]}
+        return {self.input_name: inputs[self.input_name]}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(**batch).last_hidden_state.mean(dim=1)

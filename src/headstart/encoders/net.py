@@ -24,6 +24,11 @@ class EncoderNet(nn.Module):
         self.dropout = nn.Dropout(drop_rate)
         self.head = nn.Linear(int(encoder.feature_dim), n_classes)
 
+    @property
+    def encoder_input_name(self) -> str:
+        """The name of the one tensor an audio encoder reads (``input_values`` or ``input_features``)."""
+        return str(getattr(self.encoder, "input_name", "input_values"))
+
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(batch)
 
