@@ -104,3 +104,14 @@ def hymenoptera_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     classifier = ImageClassifier(strategy="linear_probe", image_size=160, progress=False, runtime="torch")
     classifier.fit(SAMPLE / "train", val=SAMPLE / "val")
     return classifier.save(out / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_image_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder from a tiny random CNN (64 px) fitted on the bundled sample in a few seconds."""
+    from headstart import ImageClassifier
+
+    out = tmp_path_factory.mktemp("tiny-image-bundle")
+    classifier = ImageClassifier(**tiny_params(strategy="linear_probe", epochs=1, calibrate=False))
+    classifier.fit(SAMPLE / "train", val=SAMPLE / "val")
+    return classifier.save(out / "model")

@@ -570,6 +570,9 @@ def export(
                       f" {accuracy}; batch speed x{quantized['batch_speedup']}, single-input latency"
                       f" x{quantized['single_speedup']}; {quantized['size_mb']['float']} MB -> "
                       f"{quantized['size_mb']['int8']} MB", highlight=False)
+        if quantized["batch_speedup"] < 1.0:
+            console.print("[yellow]Note:[/yellow] the int8 model is slower than the float one on this CPU (dynamic"
+                          " int8 convolutions have no fast kernels in ONNX Runtime); keep model.onnx for speed.")
 
 
 @app.command()
