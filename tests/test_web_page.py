@@ -7,13 +7,7 @@ selenium (the ``test`` extra); skipped with the reason when any is missing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from serving import Server, running_server
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "hymenoptera_sample"
-START_TIMEOUT_S = 90.0
 PAGE_TIMEOUT_S = 60.0
 
 
@@ -46,12 +41,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _multipart(path: Path) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     body = (
@@ -61,63 +50,19 @@ def _multipart(path: Path) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-class Server:
-    def __init__(self, origin: str, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.origin = origin
-        self.process = process
-        self.log = log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def get_json(self, path: str) -> dict:
-        with urllib.request.urlopen(self.origin + path, timeout=30) as response:
-            return json.loads(response.read())
-
-    def predict_file(self, path: Path) -> dict:
-        body, content_type = _multipart(path)
-        request = urllib.request.Request(self.origin + "/predict", data=body, method="POST",
-                                         headers={"Content-Type": content_type})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())
+def _predict_file(server: Server, path: Path) -> dict:
+    body, content_type = _multipart(path)
+    request = urllib.request.Request(server.origin + "/predict", data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
 
 
 @pytest.fixture(scope="module")
 def server(hymenoptera_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``headstart serve`` on a free loopback port, stopped at the end of the module."""
-    port = _free_port()
-    tmp = tmp_path_factory.mktemp("web-serve")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HEADSTART_CACHE=str(tmp / "cache"), PYTHONUNBUFFERED="1")
-    log = tmp / "serve.log"
-    command = [sys.executable, "-m", "headstart.cli", "serve", str(hymenoptera_bundle),
-               "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-    server = Server(f"http://127.0.0.1:{port}", process, log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"`headstart serve` exited with {process.returncode} before answering /health:\n"
-                            f"{server.output()}")
-            try:
-                with urllib.request.urlopen(server.origin + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"`headstart serve` did not answer GET /health within {START_TIMEOUT_S:.0f} s:\n"
-                            f"{server.output()}")
-            time.sleep(0.25)
+    with running_server(hymenoptera_bundle, tmp_path_factory.mktemp("web-serve")) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +116,7 @@ def test_page_classifies_a_photo_like_the_api(server: Server, browser) -> None:
     # A val photo of a bee that the model gets right, found through the API itself.
     photo, expected = None, None
     for candidate in sorted((SAMPLE / "val" / "bees").glob("*.jpg")):
-        prediction = server.predict_file(candidate)["predictions"][0]
+        prediction = _predict_file(server, candidate)["predictions"][0]
         if prediction["label"] == "bees":
             photo, expected = candidate, prediction
             break
