@@ -110,12 +110,15 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+    def __init__(self, onnx_path: str | os.PathLike[str], *, threads: int | None = None, spinning: bool = True) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or max(1, torch.get_num_threads())
         options.inter_op_num_threads = 1
+        if not spinning:
+            # idle pool threads otherwise spin for work, burning the cores a service needs to decode uploads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self.path = Path(onnx_path)
@@ -231,9 +234,10 @@ class Predictor:
             return [str(t) for t in paths_or_texts]
         return [Path(p).read_bytes() for p in paths_or_texts]
 
-    def use_onnx(self, onnx_path: str | os.PathLike[str], *, threads: int | None = None) -> None:
-        """Run the graph with ONNX Runtime from now on (the file must come from ``export`` of this bundle)."""
-        self.backend = OnnxBackend(onnx_path, threads=threads)
+    def use_onnx(self, onnx_path: str | os.PathLike[str], *, threads: int | None = None, spinning: bool = True) -> None:
+        """Run the graph with ONNX Runtime from now on (the file must come from ``export`` of this bundle);
+        ``spinning=False`` suits a process that does other work between forward passes (a service)."""
+        self.backend = OnnxBackend(onnx_path, threads=threads, spinning=spinning)
 
 
 def load_predictor(path: str | os.PathLike[str], *, max_image_pixels: int | None = None) -> Predictor:
