@@ -3,7 +3,7 @@ photos (one JPEG per request, multipart field ``file``) at concurrency 1, 8 and 
 p50/p90/p99 latency, next to raw ONNX Runtime in-process on the same photos and the same model.onnx.
 
     .venv/bin/python bench/serve_load.py [--bundle PATH] [--seconds 20] [--concurrency 1,8,32]
-        [--workers 1] [--backend auto] [--max-batch 32] [--batch-window-ms 4] [--json bench/results/serve_load.json]
+        [--workers 1] [--backend auto] [--max-batch 8] [--batch-window-ms 4] [--json bench/results/serve_load.json]
 
 Without ``--bundle`` (or with one that does not exist yet) an EfficientNet-Lite0 linear probe is trained on
 hymenoptera first (about 1-2 min; saved to ``--bundle`` when given, so later runs reuse it).
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
-    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--batch-window-ms", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=None, help="server --threads (default: the server's, all cores)")
     parser.add_argument("--raw-threads", type=int, default=None,

@@ -570,6 +570,9 @@ def export(
                       f" {accuracy}; batch speed x{quantized['batch_speedup']}, single-input latency"
                       f" x{quantized['single_speedup']}; {quantized['size_mb']['float']} MB -> "
                       f"{quantized['size_mb']['int8']} MB", highlight=False)
+        if change is not None and change < -0.01:
+            console.print(f"[yellow]Note:[/yellow] int8 lost {-100 * change:.1f} points of validation accuracy; keep"
+                          " model.onnx unless size matters more.")
         if quantized["batch_speedup"] < 1.0:
             console.print("[yellow]Note:[/yellow] the int8 model is slower than the float one on this CPU (dynamic"
                           " int8 convolutions have no fast kernels in ONNX Runtime); keep model.onnx for speed.")
@@ -588,7 +591,7 @@ def serve(
     max_items: Annotated[int, typer.Option(help="Most inputs in one request.")] = 64,
     max_text_chars: Annotated[int, typer.Option(help="Longest text accepted.")] = 20_000,
     request_timeout: Annotated[float, typer.Option(help="Seconds allowed for reading a request and for its prediction.")] = 30.0,
-    max_batch: Annotated[int, typer.Option(help="Most inputs in one forward pass (micro-batching).")] = 32,
+    max_batch: Annotated[int, typer.Option(help="Most inputs in one forward pass (micro-batching).")] = 8,
     batch_window_ms: Annotated[float, typer.Option(help="How long a batch waits for requests still being decoded.")] = 4.0,
     top_k: Annotated[int, typer.Option(help="Labels returned per input unless the request asks (?top_k=).")] = 5,
     threads: Annotated[Optional[int], typer.Option(help="Inference threads (default: all cores).")] = None,

@@ -58,7 +58,9 @@ class ServeConfig:
         max_items: most items in one request (413 above).
         max_text_chars: longest text accepted (413 above).
         request_timeout: seconds for reading a body and for its prediction (408 / 504 beyond).
-        max_batch: most items in one forward pass.
+        max_batch: most items in one forward pass. Measured on EfficientNet-Lite0 (2 CPU cores): a forward pass
+            costs about the same per image at batch 1, 8 or 32, so batches beyond 8 only add waiting (32
+            concurrent clients: 52 images/s with batches of 8 against 43 with batches of 32).
         batch_window_ms: how long a batch may wait for requests still being decoded.
         top_k: labels returned per item unless the request asks for another number.
         threads: inference threads (default: torch's setting, i.e. the cores).
@@ -72,7 +74,7 @@ class ServeConfig:
     max_items: int = 64
     max_text_chars: int = 20_000
     request_timeout: float = 30.0
-    max_batch: int = 32
+    max_batch: int = 8
     batch_window_ms: float = 4.0
     top_k: int = 5
     threads: int | None = None
