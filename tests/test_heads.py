@@ -79,7 +79,8 @@ def test_each_head_end_to_end_on_real_photos(shared_data: Path, tmp_path: Path, 
     accuracy = classifier.metrics_["accuracy"]["value"]
     assert accuracy >= 0.85, f"{head}: validation accuracy {accuracy:.3f}"
     model_dir = tmp_path / "run" / "model"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "head.skops", "model.safetensors"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "head.skops", "model.safetensors",
+                                                         "validation.json"]
     images = sorted((data / "val").rglob("*.jpg"))[:6]
     expected = classifier.predict_proba(images)
     script = ("import json, sys; from headstart import ImageClassifier; c = ImageClassifier.load(sys.argv[1]);"
@@ -88,3 +89,23 @@ def test_each_head_end_to_end_on_real_photos(shared_data: Path, tmp_path: Path, 
                           text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.array(json.loads(done.stdout.strip().splitlines()[-1])), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(("head", "accelerator", "extractor"),
+                         [("random_forest", "auto", True), ("linear", "auto", False), ("random_forest", "cuda", False)])
+def test_frozen_features_stay_on_the_cpu_extractor_for_sklearn_heads_when_a_gpu_is_present(
+        monkeypatch: pytest.MonkeyPatch, head: str, accelerator: str, extractor: bool) -> None:
+    """Found on an H100: with a GPU present every scikit-learn head was refused ('runs on the CPU in one process')."""
+    import timm
+    import torch
+    from rich.console import Console
+
+    from headstart.backbones import get_backbone_spec
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    classifier = ImageClassifier(**tiny_params(head=head, accelerator=accelerator))
+    spec = get_backbone_spec(classifier.backbone)
+    model = timm.create_model(spec.architecture, pretrained=False, num_classes=0)
+    found = classifier._feature_extractor(model, spec.preprocessing(), spec.architecture, console=Console(quiet=True),
+                                          cache_features=False)
+    assert (found is not None) == extractor

@@ -397,9 +397,11 @@ class ImageClassifier(EstimatorBase):
 
     def _feature_extractor(self, model: torch.nn.Module, preprocessing: Preprocessing, architecture: str, *,
                            console: Console, cache_features: bool) -> FeatureExtractor | None:
-        """Frozen features through the store and the fastest runtime (one CPU process only)."""
-        if self.devices > 1 or self.accelerator not in ("auto", "cpu") or (
-                self.accelerator == "auto" and torch.cuda.is_available()):
+        """Frozen features through the store and the fastest runtime (one CPU process only). With a GPU in use the
+        torch loop runs instead, except for a scikit-learn head on ``accelerator="auto"``: the head runs on the CPU
+        anyway, so its features do too (found on an H100: such a head was refused whenever a GPU was present)."""
+        gpu = self.accelerator not in ("auto", "cpu") or (self.accelerator == "auto" and torch.cuda.is_available())
+        if self.devices > 1 or (gpu and (self.head == "linear" or self.accelerator != "auto")):
             return None
         store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
         return FeatureExtractor(model, preprocessing=preprocessing, architecture=architecture, store=store,
