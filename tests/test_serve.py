@@ -295,3 +295,15 @@ def test_fuzz_a_real_server_with_1000_malformed_requests_then_serve_a_good_one(t
             health = client.get("/health").json()
             assert health["status"] == "ok" and health["rejected_4xx"] >= must_fail
         assert server.process.poll() is None
+
+
+def test_two_worker_processes_serve_the_same_answers(tiny_image_bundle: Path, tmp_path: Path) -> None:
+    """Worker processes are spawned: everything they import must be importable (a local protocol class was not)."""
+    expected = _expected(tiny_image_bundle, PHOTOS[:1])[0]
+    with running_server(tiny_image_bundle, tmp_path, "--workers", "2", "--backend", "torch") as server:
+        with httpx.Client(base_url=server.origin, timeout=30) as client:
+            for _ in range(4):  # keep-alive requests, spread over the workers
+                answer = client.post("/predict", content=PHOTOS[0].read_bytes(), headers={"content-type": "image/jpeg"})
+                assert answer.status_code == 200, server.output()
+                top = answer.json()["predictions"][0]
+                assert top["probability"] == pytest.approx(float(expected.max()), abs=1e-5)

@@ -540,31 +540,31 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
 CONFIG_ENV = "HEADSTART_SERVE_CONFIG"
 
 
-def _no_delay_protocol() -> type:
+try:  # the C parser when installed (requirements.txt pins it), else uvicorn's pure-Python h11 parser
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HttpProtocol
+except ImportError:  # pragma: no cover - depends on the installation
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _HttpProtocol
+
+
+class NoDelayHttpProtocol(_HttpProtocol):  # type: ignore[misc, valid-type]
     """uvicorn's HTTP protocol with TCP_NODELAY set on every connection.
 
     With several workers uvicorn 0.54 creates its listening socket with protocol 0, so asyncio never sets
     TCP_NODELAY on accepted connections and each keep-alive response waits for the client's delayed ACK (measured:
-    +40 ms per request with --workers 2; uvicorn issue #3149). Setting it here is harmless with one worker.
+    +40 ms per request with --workers 2; uvicorn issue #3149). Harmless with one worker. A module-level class, so
+    worker processes started by spawn can import it.
     """
-    import socket
 
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
-    except ImportError:  # httptools not installed: the pure-Python h11 parser
-        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        import socket
 
-    class NoDelayProtocol(Base):  # type: ignore[misc, valid-type]
-        def connection_made(self, transport: Any) -> None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    pass
-            super().connection_made(transport)
-
-    return NoDelayProtocol
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        super().connection_made(transport)
 
 
 def app_from_environment() -> Any:
@@ -585,7 +585,7 @@ def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000
     print(f"headstart: serving {config.bundle} ({config.backend} backend) on http://{host}:{port}"
           f" with {workers} worker(s); docs at http://{host}:{port}/docs", flush=True)
     options = {"host": host, "port": port, "log_level": log_level, "timeout_keep_alive": 5, "limit_concurrency": 1024,
-               "http": _no_delay_protocol()}
+               "http": NoDelayHttpProtocol}
     if workers == 1:
         uvicorn.run(create_app(config, predictor=predictor), **options)
         return
