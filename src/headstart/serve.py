@@ -208,6 +208,12 @@ def prepare_backend(predictor: Predictor, config: ServeConfig, *, log: Callable[
             raise
         log(f"Serving with torch: ONNX export unavailable ({error.message})")
         return "torch"
+    except Exception as error:  # noqa: BLE001 - onnxruntime missing or refusing a cached file: torch still serves
+        if config.backend == "onnxruntime":
+            raise ExportError(f"ONNX Runtime cannot run {folder / MODEL_FILES['onnx']}: {type(error).__name__}:"
+                              f" {str(error)[:200]}", fix="pip install onnxruntime, or use --backend torch.") from None
+        log(f"Serving with torch: ONNX Runtime unavailable ({type(error).__name__}: {str(error)[:200]})")
+        return "torch"
 
 
 def _export_cache(predictor: Predictor) -> Path:
