@@ -137,9 +137,10 @@ class Predictor:
         bundle: a loaded bundle (:func:`headstart.bundle.load_bundle`).
         max_image_pixels: images with more pixels are refused (decompression-bomb guard).
 
-    Example:
-        >>> predictor = load_predictor("runs/hymenoptera/model")            # doctest: +SKIP
-        >>> predictor.predict([open("ant.jpg", "rb").read()])               # doctest: +SKIP
+    Example (``tests/test_export.py`` and ``tests/test_serve.py`` run the same calls)::
+
+        predictor = load_predictor("runs/hymenoptera/model")
+        probabilities = predictor.predict([open("ant.jpg", "rb").read()])   # (1, n_classes)
     """
 
     def __init__(self, bundle: Bundle, *, max_image_pixels: int | None = None) -> None:
