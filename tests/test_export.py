@@ -127,6 +127,16 @@ def test_sklearn_heads_export_to_onnx_or_refuse_clearly(tmp_path: Path) -> None:
     assert sidecar["parity"]["top1_identical"] and sidecar["parity"]["max_abs_diff"] <= PARITY_MAX_ABS_DIFF
     with pytest.raises(ExportError, match="TorchScript"):
         export_bundle(tmp_path / "forest", tmp_path / "forest-ts", format="torchscript")
+    # a calibration temperature is applied after the head, inside the graph too
+    config_file = tmp_path / "forest" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "temperature": 2.5}))
+    warm = export_bundle(tmp_path / "forest", tmp_path / "forest-t")
+    assert warm["parity"]["max_abs_diff"] <= PARITY_MAX_ABS_DIFF and warm["temperature"]["value"] == 2.5
+    predictor = load_predictor(tmp_path / "forest")
+    items = predictor.read_inputs(VAL_IMAGES[:4])
+    softened = predictor.predict(items)
+    plain = forest.predict_proba(VAL_IMAGES[:4])
+    assert np.abs(softened - 0.5).max() < np.abs(plain - 0.5).max()  # T > 1 pulls two-class rows towards 0.5
     svm = ImageClassifier(**tiny_params(strategy="linear_probe", head="linear_svm", calibrate=False))
     svm.fit(SAMPLE / "train", val=SAMPLE / "val")
     with pytest.raises(ExportError, match="Platt-calibrated SVM"):

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from headstart.bundle import Bundle, load_bundle
+from headstart.calibration import apply_temperature
 from headstart.errors import ParameterError
 
-__all__ = ["InputSpec", "ProbabilityModule", "Predictor", "TorchBackend", "OnnxBackend", "load_predictor",
-           "apply_temperature_np"]
+__all__ = ["InputSpec", "ProbabilityModule", "Predictor", "TorchBackend", "OnnxBackend", "load_predictor"]
 
 TASK_NAMES = {"image_classification": "image", "text_classification": "text", "audio_classification": "audio"}
 
@@ -44,16 +44,6 @@ class InputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-def apply_temperature_np(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log(p) / T) row by row, float32; ``T = 1`` returns ``p`` unchanged."""
-    if temperature == 1.0:
-        return probabilities.astype(np.float32, copy=False)
-    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    exp = np.exp(logits)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class ProbabilityModule(nn.Module):
@@ -102,7 +92,10 @@ class TorchBackend:
             outputs = self.module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays.values())).numpy()
         if self.head is None:
             return outputs
-        return apply_temperature_np(self.head.predict_proba(outputs), self.module.temperature)
+        probabilities = self.head.predict_proba(outputs)
+        if self.module.temperature == 1.0:
+            return probabilities.astype(np.float32)
+        return apply_temperature(probabilities, self.module.temperature).astype(np.float32)
 
 
 class OnnxBackend:
