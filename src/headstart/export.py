@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from headstart.bundle import ENCODER_DIR, library_versions
-from headstart.errors import BundleError, DataError, ExportError, HeadstartError, check_choice
+from headstart.errors import DataError, ExportError, HeadstartError, check_choice
 from headstart.predictor import OnnxBackend, Predictor, load_predictor
 from headstart.storage import atomic_directory, atomic_write_json
 
@@ -75,7 +75,11 @@ def reference_items(predictor: Predictor, data: str | os.PathLike[str] | None = 
     if limit is not None:
         inputs = inputs[:limit]
         labels = None if labels is None else labels[:limit]
-    return predictor.read_inputs(inputs), labels, source
+    try:
+        return predictor.read_inputs(inputs), labels, source
+    except OSError as error:
+        raise ExportError(f"Cannot read a reference input: {error}.",
+                          fix="Check the files' permissions, or pass --data PATH with readable inputs.") from None
 
 
 def _read_data(predictor: Predictor, data: str | os.PathLike[str]) -> tuple[list[Any], np.ndarray | None]:
@@ -345,7 +349,9 @@ def export_bundle(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *
     if quantize and format != "onnx":
         raise ExportError("int8 quantisation is available for ONNX exports only.", fix="Use --format onnx --quantize.")
     predictor = load_predictor(bundle)
-    items, labels, source = reference_items(predictor, data, unlabelled_limit=max_parity_items)
+    # the whole validation split only for the int8 accuracy; the parity check reads max_parity_items inputs
+    items, labels, source = reference_items(predictor, data, limit=None if quantize else max_parity_items,
+                                            unlabelled_limit=max_parity_items)
     decoded, kept = _decode_all(predictor, items)
     if not decoded:
         raise ExportError(f"None of the reference inputs from {source} could be read.",
@@ -364,7 +370,7 @@ def export_bundle(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *
             else:
                 _export_torchscript(predictor, model_path, parity_batches[0])
                 exported = _torchscript_runner(model_path, predictor.input_names)
-        except (HeadstartError, BundleError):
+        except HeadstartError:
             raise
         except Exception as error:  # noqa: BLE001 - exporters fail in many ways; the user needs the first line
             raise ExportError(f"Exporting {bundle} to {format} failed: {type(error).__name__}:"

@@ -40,6 +40,8 @@ from headstart.predictor import Predictor, load_predictor
 __all__ = ["ServeConfig", "MicroBatcher", "create_app", "prepare_backend", "run_server", "BACKENDS"]
 
 BACKENDS = ("auto", "onnxruntime", "torch")
+_FORMATS = {"image": "a JPEG, PNG, WebP, GIF, BMP or TIFF file", "audio": "a WAV, FLAC, OGG or MP3 file",
+            "text": "a non-empty string"}
 ITEM_FIELDS = {"image": ("file", "files", "image", "images"), "audio": ("file", "files", "audio"),
                "text": ("text", "texts")}
 
@@ -130,6 +132,10 @@ class MicroBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._work())
 
+    def failed(self) -> bool:
+        """True when the worker task has ended (it only ends on a bug); /health then reports it."""
+        return self._task is not None and self._task.done()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -162,7 +168,7 @@ class MicroBatcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except TimeoutError:
+                except (TimeoutError, asyncio.TimeoutError):
                     break
             live = [(item, future) for item, future in batch if not future.done()]  # timed-out requests drop out
             if not live:
@@ -276,7 +282,7 @@ async def _read_body(request: Any, config: ServeConfig) -> bytes:
 
     try:
         await asyncio.wait_for(read(), config.request_timeout)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):
         raise RequestError(408, "request_timeout", f"The request body did not arrive within {config.request_timeout:g} s.",
                            "Send the body faster, or raise the server's --request-timeout.") from None
     return b"".join(chunks)
@@ -330,7 +336,7 @@ async def _parse_multipart(request: Any, body: bytes, predictor: Predictor, conf
 def _parse_json(body: bytes, predictor: Predictor) -> list[tuple[str, bytes | str]]:
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise RequestError(400, "malformed_json", f"The body is not valid JSON ({str(error)[:120]}).",
                            "Send a JSON object, e.g. {\"texts\": [\"...\"]} or {\"images\": [\"<base64>\"]}.") from None
     task = predictor.task
@@ -344,6 +350,9 @@ def _parse_json(body: bytes, predictor: Predictor) -> list[tuple[str, bytes | st
     if unknown or not payload:
         raise RequestError(422, "unknown_field", f"The JSON keys {unknown or '(none)'} are not ones this {task} model"
                            f" reads (accepted: {sorted({plural, singular})}).", f"Send {example}.")
+    if plural in payload and singular in payload and plural != singular:
+        raise RequestError(422, "ambiguous_fields", f"The JSON body has both {singular!r} and {plural!r}.",
+                           f"Send only {plural!r} with a list.")
     values = payload.get(plural, payload.get(singular))
     values = values if isinstance(values, list) else [values]
     items: list[tuple[str, bytes | str]] = []
@@ -409,13 +418,16 @@ def _decode_items(predictor: Predictor, items: list[tuple[str, bytes | str]]) ->
         try:
             decoded.append(predictor.decode(value, name=name))
         except HeadstartError as error:
-            errors.append({"index": index, "name": name, "message": error.message,
-                           "fix": f"Send a valid {predictor.task} input in its place."})
+            too_large = bool(getattr(error, "too_large", False))
+            errors.append({"index": index, "name": name, "message": error.message, "too_large": too_large,
+                           "fix": f"Send a smaller {predictor.task} or raise --max-image-pixels." if too_large else
+                           f"Send a valid {predictor.task} input ({_FORMATS[predictor.task]}) in its place."})
         except Exception as error:  # noqa: BLE001 - hostile bytes can break decoders in unplanned ways: still a 4xx
-            errors.append({"index": index, "name": name, "message": f"cannot be decoded ({type(error).__name__})",
-                           "fix": "Send a valid file."})
+            errors.append({"index": index, "name": name, "too_large": False,
+                           "message": f"cannot be decoded ({type(error).__name__})",
+                           "fix": f"Send a valid {predictor.task} input ({_FORMATS[predictor.task]})."})
     if errors:
-        too_big = all("exceeds the limit" in e["message"] for e in errors)
+        too_big = all(e["too_large"] for e in errors)
         raise RequestError(413 if too_big else 422, "image_too_large" if too_big else "undecodable_input",
                            f"{len(errors)} of {len(items)} inputs cannot be used: "
                            + "; ".join(f"{e['name']}: {e['message']}" for e in errors[:5]),
@@ -430,9 +442,10 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
         ParameterError: bad limits; BundleError: not a model folder; ExportError: ``backend="onnxruntime"`` fails.
     """
     config.validate()
-    predictor = predictor or load_predictor(config.bundle, max_image_pixels=config.max_image_pixels)
+    predictor = predictor or load_predictor(config.bundle)
     predictor.max_image_pixels = config.max_image_pixels
-    backend = prepare_backend(predictor, config, log=log)
+    # run_server prepares the backend once before uvicorn starts; worker processes only load the cached export
+    backend = "onnxruntime" if predictor.backend.name == "onnxruntime" else prepare_backend(predictor, config, log=log)
     metadata = _metadata(predictor, config, backend)
     state = {"decoding": 0, "requests": 0, "errors_4xx": 0, "started": time.time()}
     batcher = MicroBatcher(lambda decoded: predictor.run(predictor.collate(decoded)), max_batch=config.max_batch,
@@ -509,7 +522,7 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
         decoded_at = time.perf_counter()
         try:
             probabilities = await asyncio.wait_for(batcher.submit(decoded), config.request_timeout)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             raise RequestError(504, "prediction_timeout", f"The prediction took longer than {config.request_timeout:g} s.",
                                "Retry with fewer inputs, or raise the server's --request-timeout.") from None
         state["requests"] += 1
@@ -526,7 +539,9 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
             "total": round(1000 * (finished - started), 2)}})
 
     @app.get("/health", summary="Liveness and counters")
-    async def health() -> dict[str, Any]:
+    async def health() -> Any:
+        if batcher.failed():
+            return JSONResponse({"status": "failed", "reason": "the inference worker stopped"}, status_code=503)
         return {"status": "ok", "model": metadata["name"], "task": predictor.task, "backend": backend,
                 "uptime_s": round(time.time() - state["started"], 1), "requests": state["requests"],
                 "rejected_4xx": state["errors_4xx"], "batches": batcher.batches, "batched_items": batcher.items,
@@ -575,7 +590,12 @@ class NoDelayHttpProtocol(_HttpProtocol):  # type: ignore[misc, valid-type]
 
 def app_from_environment() -> Any:
     """The app factory uvicorn's worker processes call (the config travels as JSON in an environment variable)."""
-    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+    config = ServeConfig(**json.loads(os.environ[CONFIG_ENV]))
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    return create_app(config)
 
 
 def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
@@ -595,5 +615,6 @@ def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000
     if workers == 1:
         uvicorn.run(create_app(config, predictor=predictor), **options)
         return
+    del predictor  # each worker process loads its own
     os.environ[CONFIG_ENV] = json.dumps(asdict(config))  # each worker process rebuilds the app from it
     uvicorn.run("headstart.serve:app_from_environment", factory=True, workers=workers, **options)

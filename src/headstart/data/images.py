@@ -50,9 +50,10 @@ _VAL_NAMES = ("val", "valid", "validation")
 class ImageDecodeError(DataError):
     """One file could not be used as an image; ``reason`` says why in a few words."""
 
-    def __init__(self, path: Path, reason: str) -> None:
+    def __init__(self, path: Path, reason: str, *, too_large: bool = False) -> None:
         self.path = Path(path)
         self.reason = reason
+        self.too_large = too_large  # over the pixel limit (a service answers 413, not 422)
         super().__init__(
             f"Cannot use {path} as an image: {reason}.",
             fix="Remove or replace the file; headstart skips such files when scanning a folder.",
@@ -193,8 +194,8 @@ def _decode_image(source: Path | io.BytesIO, *, name: str | Path, max_pixels: in
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageDecodeError(
-                        name, f"{width}x{height} pixels exceeds the limit of {max_pixels} (possible decompression bomb)"
-                    )
+                        name, f"{width}x{height} pixels exceeds the limit of {max_pixels} (possible decompression bomb)",
+                        too_large=True)
                 if draft_size is not None and image.format == "JPEG":
                     image.draft(image.mode, (draft_size, draft_size))
                 image.load()
@@ -206,7 +207,7 @@ def _decode_image(source: Path | io.BytesIO, *, name: str | Path, max_pixels: in
     except UnidentifiedImageError:
         raise ImageDecodeError(name, "not an image format Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageDecodeError(name, f"possible decompression bomb ({error})") from None
+        raise ImageDecodeError(name, f"possible decompression bomb ({error})", too_large=True) from None
     except Exception as error:  # noqa: BLE001 - Pillow plugins raise many types on hostile bytes; all mean "unusable"
         message = str(error) or type(error).__name__
         if "truncated" in message:
