@@ -261,6 +261,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Predict the top-k labels of images, texts or audio files (unreadable files are listed, not fatal)."""
+    from headstart.predictor import top_labels
     from headstart.reporting import print_skipped
     from headstart.tasks import load_model
 
@@ -288,12 +289,11 @@ def predict(
         key = {"text": "text", "audio": "file"}.get(task, "image")
         table = Table(key, *[f"#{i + 1}" for i in range(k)], show_edge=False)
         for item, name, row in zip(usable, names, probabilities):
-            order = row.argsort()[::-1][:k]
-            top = [(classifier.classes_[i], float(row[i])) for i in order]
+            top = top_labels(row, classifier.classes_, k)
             if as_json:
-                print(json.dumps({key: str(item), "top_k": [{"label": c, "probability": p} for c, p in top]}))
+                print(json.dumps({key: str(item), "top_k": top}))
             else:
-                table.add_row(name, *[f"{c} {p:.3f}" for c, p in top])
+                table.add_row(name, *[f"{t['label']} {t['probability']:.3f}" for t in top])
         if not as_json:
             console.print(table)
     except HeadstartError as error:

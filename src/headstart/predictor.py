@@ -29,7 +29,8 @@ from headstart.bundle import Bundle, load_bundle
 from headstart.calibration import apply_temperature
 from headstart.errors import ParameterError
 
-__all__ = ["InputSpec", "ProbabilityModule", "Predictor", "TorchBackend", "OnnxBackend", "load_predictor"]
+__all__ = ["InputSpec", "ProbabilityModule", "Predictor", "TorchBackend", "OnnxBackend", "load_predictor",
+           "top_labels"]
 
 TASK_NAMES = {"image_classification": "image", "text_classification": "text", "audio_classification": "audio"}
 
@@ -44,6 +45,16 @@ class InputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+def top_labels(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[dict[str, Any]]:
+    """The ``k`` most probable classes of one row, most probable first (ties keep the class order).
+
+    >>> top_labels(np.array([0.2, 0.5, 0.3]), ["a", "b", "c"], 2)
+    [{'label': 'b', 'probability': 0.5}, {'label': 'c', 'probability': 0.3}]
+    """
+    order = np.argsort(-np.asarray(probabilities), kind="stable")[: max(1, min(k, len(classes)))]
+    return [{"label": classes[int(i)], "probability": float(probabilities[i])} for i in order]
 
 
 class ProbabilityModule(nn.Module):

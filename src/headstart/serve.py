@@ -35,7 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headstart.errors import HeadstartError, ParameterError
-from headstart.predictor import Predictor, load_predictor
+from headstart.predictor import Predictor, load_predictor, top_labels
 
 __all__ = ["ServeConfig", "MicroBatcher", "create_app", "prepare_backend", "run_server", "BACKENDS"]
 
@@ -528,11 +528,9 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
         state["requests"] += 1
         predictions = []
         for (name, _), row in zip(items, probabilities):
-            order = np.argsort(-row, kind="stable")[:top_k]
-            predictions.append({"name": name, "label": predictor.classes[int(order[0])],
-                                "probability": float(row[order[0]]),
-                                "top_k": [{"label": predictor.classes[int(i)], "probability": float(row[i])}
-                                          for i in order]})
+            top = top_labels(row, predictor.classes, top_k)
+            predictions.append({"name": name, "label": top[0]["label"], "probability": top[0]["probability"],
+                                "top_k": top})
         finished = time.perf_counter()
         return JSONResponse({"predictions": predictions, "backend": backend, "timing_ms": {
             "decode": round(1000 * (decoded_at - started), 2), "inference": round(1000 * (finished - decoded_at), 2),
