@@ -27,7 +27,7 @@ import torch
 
 from headstart.bundle import ENCODER_DIR, library_versions
 from headstart.errors import DataError, ExportError, HeadstartError, check_choice
-from headstart.predictor import OnnxBackend, Predictor, load_predictor
+from headstart.predictor import OnnxBackend, Predictor, TorchBackend, as_tensors, load_predictor
 from headstart.storage import atomic_directory, atomic_write_json
 
 __all__ = ["FORMATS", "PARITY_MAX_ABS_DIFF", "SIDECAR_FILE", "export_bundle", "reference_items", "parity_report",
@@ -142,10 +142,6 @@ def parity_report(reference: Callable[[dict[str, np.ndarray]], np.ndarray],
             "top1_identical": bool((expected.argmax(1) == got.argmax(1)).all())}
 
 
-def _example_tensors(arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays.values())
-
-
 def _dynamic_axes(predictor: Predictor, output: str) -> dict[str, dict[int, str]]:
     axes: dict[str, dict[int, str]] = {output: {0: "batch"}}
     for spec in predictor.inputs:
@@ -158,7 +154,7 @@ def export_onnx_file(predictor: Predictor, path: Path, example: dict[str, np.nda
     output = "features" if predictor.head is not None else "probabilities"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
-        torch.onnx.export(predictor.module, _example_tensors(example), str(path), dynamo=False,
+        torch.onnx.export(predictor.module, as_tensors(example), str(path), dynamo=False,
                           input_names=predictor.input_names, output_names=[output], opset_version=ONNX_OPSET,
                           dynamic_axes=_dynamic_axes(predictor, output))
     if predictor.head is not None:
@@ -217,7 +213,7 @@ def _export_torchscript(predictor: Predictor, path: Path, example: dict[str, np.
                           fix="Export it with --format onnx (the head is converted into the graph).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(predictor.module, _example_tensors(example), check_trace=False, strict=False)
+        traced = torch.jit.trace(predictor.module, as_tensors(example), check_trace=False, strict=False)
     traced.save(str(path))
     return path
 
@@ -229,7 +225,7 @@ def _torchscript_runner(path: Path, names: list[str]) -> Callable[[dict[str, np.
 
     def run(arrays: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            return loaded(*_example_tensors({n: arrays[n] for n in names})).numpy()
+            return loaded(*as_tensors({n: arrays[n] for n in names})).numpy()
 
     return run
 
@@ -257,7 +253,7 @@ def _accuracy(run: Callable[[dict[str, np.ndarray]], np.ndarray], batches: list[
     return float((predicted == labels).mean())
 
 
-def _quantize(predictor: Predictor, folder: Path, batches: list[dict[str, np.ndarray]], labels: np.ndarray | None,
+def _quantize(float_model: OnnxBackend, folder: Path, batches: list[dict[str, np.ndarray]], labels: np.ndarray | None,
               parity_batches: list[dict[str, np.ndarray]], *, ops: Sequence[str] | None) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -278,7 +274,7 @@ def _quantize(predictor: Predictor, folder: Path, batches: list[dict[str, np.nda
                              op_types_to_quantize=list(ops) or None, nodes_to_exclude=excluded)
         finally:
             logging.disable(logging.NOTSET)
-    float_model, int8_model = OnnxBackend(source), OnnxBackend(target)
+    int8_model = OnnxBackend(target)
     report: dict[str, Any] = {"file": QUANTIZED_FILE, "method": "onnxruntime quantize_dynamic, int8 weights",
                               "ops": list(ops) or "all supported", "excluded_nodes": len(excluded),
                               "agreement_with_float": parity_report(float_model, int8_model, parity_batches)}
@@ -318,14 +314,15 @@ def _preprocessing(predictor: Predictor) -> dict[str, Any]:
                 "preprocessor/" if config["encoder"]["kind"] == "transformers_audio" else "none: log-mel inside graph")}
 
 
-def export_bundle(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *, format: str = "onnx",
+def export_bundle(bundle: str | os.PathLike[str] | Predictor, out: str | os.PathLike[str], *, format: str = "onnx",
                   data: str | os.PathLike[str] | None = None, quantize: bool = False,
                   quantize_ops: Sequence[str] | None = None, max_parity_items: int = 64, batch_size: int = 16
                   ) -> dict[str, Any]:
     """Export the model folder ``bundle`` to ``out`` and check it against torch.
 
     Args:
-        bundle: a headstart model folder.
+        bundle: a headstart model folder, or one already loaded as a :class:`Predictor` (checked against
+            its torch modules whatever its current backend).
         out: the export folder (replaced atomically; nothing is written when the check fails).
         format: ``onnx`` or ``torchscript``.
         data: real inputs for the checks (default: the validation split recorded in the bundle).
@@ -348,7 +345,7 @@ def export_bundle(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *
     check_choice("export", "format", format, FORMATS)
     if quantize and format != "onnx":
         raise ExportError("int8 quantisation is available for ONNX exports only.", fix="Use --format onnx --quantize.")
-    predictor = load_predictor(bundle)
+    predictor = bundle if isinstance(bundle, Predictor) else load_predictor(bundle)
     # the whole validation split only for the int8 accuracy; the parity check reads max_parity_items inputs
     items, labels, source = reference_items(predictor, data, limit=None if quantize else max_parity_items,
                                             unlabelled_limit=max_parity_items)
@@ -373,10 +370,10 @@ def export_bundle(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *
         except HeadstartError:
             raise
         except Exception as error:  # noqa: BLE001 - exporters fail in many ways; the user needs the first line
-            raise ExportError(f"Exporting {bundle} to {format} failed: {type(error).__name__}:"
+            raise ExportError(f"Exporting {predictor.bundle.path} to {format} failed: {type(error).__name__}:"
                               f" {str(error).splitlines()[0][:300] if str(error) else ''}",
                               fix="Try the other --format, or report the model type.") from None
-        parity = parity_report(predictor.run, exported, parity_batches)
+        parity = parity_report(TorchBackend(predictor.module, head=predictor.head), exported, parity_batches)
         parity.update({"max_allowed": PARITY_MAX_ABS_DIFF, "inputs": source})
         if not (parity["max_abs_diff"] <= PARITY_MAX_ABS_DIFF and parity["top1_identical"]):
             raise ExportError(
@@ -394,12 +391,12 @@ def export_bundle(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *
             "preprocessing": _preprocessing(predictor),
             "temperature": {"value": predictor.module.temperature, "inside_graph": True},
             "parity": parity, "opset": ONNX_OPSET if format == "onnx" else None,
-            "bundle": str(Path(bundle).resolve()), "backbone": predictor.config.get("backbone"),
+            "bundle": str(predictor.bundle.path.resolve()), "backbone": predictor.config.get("backbone"),
             "metrics": {k: (predictor.config.get("metrics") or {}).get(k) for k in ("accuracy", "macro_f1")},
             "versions": library_versions(), "export_seconds": round(time.perf_counter() - started, 2),
         }
         if quantize:
-            sidecar["quantized"] = _quantize(predictor, folder, _batches(predictor, decoded, batch_size), labels,
+            sidecar["quantized"] = _quantize(exported, folder, _batches(predictor, decoded, batch_size), labels,
                                              parity_batches, ops=quantize_ops)
         atomic_write_json(folder / SIDECAR_FILE, sidecar)
     return sidecar

@@ -30,7 +30,7 @@ from headstart.calibration import apply_temperature
 from headstart.errors import ParameterError
 
 __all__ = ["InputSpec", "ProbabilityModule", "Predictor", "TorchBackend", "OnnxBackend", "load_predictor",
-           "top_labels"]
+           "top_labels", "as_tensors"]
 
 TASK_NAMES = {"image_classification": "image", "text_classification": "text", "audio_classification": "audio"}
 
@@ -45,6 +45,11 @@ class InputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+def as_tensors(arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    """The graph's positional inputs as torch tensors (sharing memory with contiguous arrays)."""
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays.values())
 
 
 def top_labels(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[dict[str, Any]]:
@@ -78,11 +83,9 @@ class ProbabilityModule(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.task == "image":
             outputs = self.model(inputs[0].float() * self.scale - self.shift)
-        elif self.task == "text":
-            batch = {"input_ids": inputs[0], "attention_mask": inputs[1]}
-            outputs = self.model.features(batch) if self.outputs == "features" else self.model(batch)
         else:
-            batch = {self.model.encoder_input_name: inputs[0]}
+            names = ("input_ids", "attention_mask") if self.task == "text" else (self.model.encoder_input_name,)
+            batch = dict(zip(names, inputs))
             outputs = self.model.features(batch) if self.outputs == "features" else self.model(batch)
         if self.outputs == "features":
             return outputs.float()
@@ -100,7 +103,7 @@ class TorchBackend:
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            outputs = self.module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays.values())).numpy()
+            outputs = self.module(*as_tensors(arrays)).numpy()
         if self.head is None:
             return outputs
         probabilities = self.head.predict_proba(outputs)

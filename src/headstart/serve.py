@@ -205,7 +205,7 @@ def prepare_backend(predictor: Predictor, config: ServeConfig, *, log: Callable[
     try:
         if not (folder / SIDECAR_FILE).is_file():
             log(f"Exporting the model to ONNX in {folder} (once; checked against torch on real inputs)")
-            export_bundle(predictor.bundle.path, folder, format="onnx", data=config.data)
+            export_bundle(predictor, folder, format="onnx", data=config.data)
         # measured (bench/serve_load.py): without spinning the service used 31-37 ms of CPU per image instead of 43-49
         predictor.use_onnx(folder / MODEL_FILES["onnx"], threads=config.threads, spinning=False)
         return "onnxruntime"
