@@ -14,6 +14,7 @@ from headstart.backbones import (
 )
 from headstart.bundle import load_bundle
 from headstart.classifier import ImageClassifier
+from headstart.detector import Detector
 from headstart.errors import (
     BundleError,
     DataError,
@@ -23,6 +24,7 @@ from headstart.errors import (
     ResumeError,
     WeightsNotFoundError,
 )
+from headstart.segmenter import Segmenter
 from headstart.tasks import detect_task, load_model
 from headstart.text_classifier import TextClassifier
 
@@ -31,6 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AudioClassifier",
     "TextClassifier",
+    "Segmenter",
+    "Detector",
     "detect_task",
     "load_model",
     "DEFAULT_BACKBONE",

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from headstart.backbones.registry import Preprocessing
+from headstart.dense.nets import DENSE_TASKS
 from headstart.errors import BundleError
 from headstart.heads import load_sklearn_head, save_sklearn_head
 from headstart.storage import (
@@ -166,6 +167,10 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
             from headstart.encoders.net import build_encoder_net
 
             model = build_encoder_net(config, path / ENCODER_DIR)
+        elif config.get("task") in DENSE_TASKS:
+            from headstart.dense.nets import build_dense_net
+
+            model = build_dense_net(config)
         else:
             model = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes)
         model.load_state_dict(load_tensors(weights_file))

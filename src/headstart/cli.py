@@ -27,7 +27,7 @@ error_console = Console(stderr=True)
 
 
 RUN_FILES = ("checkpoints", "model", "config.json", "data.json", "metrics.json", "history.json", "curves.png",
-             "confusion_matrix.png", "reliability.png", "summary.txt")
+             "confusion_matrix.png", "reliability.png", "summary.txt", "samples")
 
 
 def _fail(error: HeadstartError) -> None:
@@ -42,16 +42,16 @@ def train(
     data: Annotated[Optional[Path], typer.Argument(help="Image folder (class subfolders, or train/ + val/); text table (CSV/TSV/JSONL/Parquet), .txt class folders or split tables; audio class folders, flat audio folder (--label-pattern) or table of paths.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<data folder name>).")] = None,
     val: Annotated[Optional[Path], typer.Option(help="Validation folder (default: DATA/val or a stratified hold-out).")] = None,
-    task: Annotated[str, typer.Option(help="auto (detected from DATA), image, text or audio.")] = "auto",
+    task: Annotated[str, typer.Option(help="auto (detected from DATA), image, text, audio, segmentation (image + mask folders) or detection (Pascal VOC folder or COCO JSON).")] = "auto",
     backbone: Annotated[Optional[str], typer.Option(help="Images: a name from `headstart backbones` or timm:<model> (default efficientnet_lite0). Text: minilm (default), a transformers folder or hub id. Audio: logmel:<image backbone> (default logmel:efficientnet_lite0) or a transformers audio model folder/id.")] = None,
     strategy: Annotated[str, typer.Option(help="auto, linear_probe, fine_tune; images also gradual_unfreeze, lp_ft, full; text/audio also lora.")] = "auto",
     head: Annotated[str, typer.Option(help="linear, or a scikit-learn head on frozen features: logistic, linear_svm, rbf_svm, random_forest, knn.")] = "linear",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs of the main stage (fine_tune: unfrozen epochs after one head stage; a linear probe is solved, not trained for epochs). Default: from the dataset size.")] = None,
     weights: Annotated[str, typer.Option(help="auto, random, or a local checkpoint FILE.")] = "auto",
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the head.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per step (segmentation/detection default 4).")] = 32,
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: the backbone's; x1.29 for linear_probe, FixRes).")] = None,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0 disables).")] = 3,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0 disables; segmentation/detection: off unless given).")] = 3,
     monitor: Annotated[str, typer.Option(help="val_loss or val_accuracy.")] = "val_loss",
     class_weights: Annotated[bool, typer.Option("--class-weights/--no-class-weights", help="Weight the loss by inverse class frequency.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and augmentation.")] = 0,
@@ -77,7 +77,13 @@ def train(
     layer_decay: Annotated[float, typer.Option(help="Text/audio fine_tune: each layer learns this times as fast as the next.")] = 0.8,
     lora_rank: Annotated[int, typer.Option(help="Text/audio lora: adapter rank.")] = 8,
     lora_merge: Annotated[bool, typer.Option("--lora-merge/--no-lora-merge", help="Save LoRA adapters folded into the weights (default) or separately.")] = True,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last checkpoint (images).")] = None,
+    decoder: Annotated[str, typer.Option(help="Segmentation: unet or fpn.")] = "unet",
+    crop_size: Annotated[int, typer.Option(help="Segmentation: side of the random training crops.")] = 256,
+    frozen_epochs: Annotated[Optional[int], typer.Option(help="Segmentation/detection: first epochs with the pretrained backbone frozen (default: a quarter of --epochs).")] = None,
+    min_size: Annotated[int, typer.Option(help="Detection: images resized so the short side is this (long side at most --max-size).")] = 480,
+    max_size: Annotated[int, typer.Option(help="Detection: longest image side after resizing.")] = 640,
+    class_names: Annotated[Optional[str], typer.Option(help="Segmentation: class names in mask-index order, comma-separated (default: classes.txt or background,foreground for binary masks). Detection: classes to keep.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last checkpoint (image classification, segmentation, detection).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars or epoch lines.")] = False,
 ) -> None:
@@ -101,6 +107,12 @@ def train(
                                      fix=f"Run `headstart train --resume {resume}` alone (--quiet is allowed).")
             try:
                 saved = read_json(config_file)
+                if saved.get("task") in ("segmentation", "detection"):
+                    from headstart.tasks import estimator_class
+
+                    dense = estimator_class(saved["task"])(**{**saved["params"], "progress": not quiet})
+                    dense.fit(saved["data"], val=saved["val"], out=resume, resume=True)
+                    return
                 if saved.get("task", "image_classification") != "image_classification":
                     raise ParameterError(f"--resume {resume}: {saved['task']} runs cannot be resumed (they keep no"
                                          " checkpoints; their fine-tuning is a few epochs).",
@@ -132,6 +144,23 @@ def train(
         from headstart.tasks import detect_task, estimator_class
 
         chosen = detect_task(data) if task == "auto" else task
+        if chosen in ("segmentation", "detection"):
+            options = dict(epochs=epochs, frozen_epochs=frozen_epochs, weights=weights, lr=lr, seed=seed,
+                           val_fraction=val_fraction, progress=not quiet,
+                           classes=_split_list(class_names) if class_names else None)
+            if batch_size != _TRAIN_DEFAULTS["batch_size"]:
+                options["batch_size"] = batch_size
+            if patience != _TRAIN_DEFAULTS["patience"]:
+                options["patience"] = patience or None
+            if chosen == "segmentation":
+                options.update(decoder=decoder, crop_size=crop_size)
+            else:
+                options.update(min_size=min_size, max_size=max_size)
+            cls = estimator_class(chosen)
+            estimator = cls(backbone, **options) if backbone else cls(**options)
+            console.print(f"[bold]Task[/bold] {chosen}" + (" (detected)" if task == "auto" else ""))
+            estimator.fit(data, val=val, out=out)
+            return
         if chosen != "image":
             options = dict(strategy=strategy, head=head, epochs=epochs, weights=weights, lr=lr, batch_size=batch_size,
                            patience=patience or None, monitor=monitor, class_weights=class_weights, seed=seed,
@@ -177,8 +206,12 @@ def evaluate(
     try:
         classifier = load_model(model)
         classifier.progress = True  # a model trained with --quiet still reports its evaluation here
-        classifier.evaluate(data, out=out)
-        if out is not None:
+        metrics = classifier.evaluate(data, out=out)
+        if getattr(classifier, "task", "") in ("segmentation", "detection"):
+            console.print(classifier._format_metrics(metrics), highlight=False)
+            if out is not None:
+                console.print(f"Wrote {out / 'metrics.json'} and {out / 'samples'}/", highlight=False)
+        elif out is not None:
             console.print(f"Wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'predictions.json'}")
     except HeadstartError as error:
         _fail(error)
@@ -186,6 +219,7 @@ def evaluate(
 
 def _image_inputs(items: list[str], classifier: object) -> tuple[list[Path], list[object]]:
     from headstart.data.images import (
+        DEFAULT_MAX_IMAGE_PIXELS,
         ImageDecodeError,
         SkippedFile,
         list_image_files,
@@ -206,7 +240,7 @@ def _image_inputs(items: list[str], classifier: object) -> tuple[list[Path], lis
     usable: list[Path] = []
     for file in files:
         try:
-            load_image(file, max_pixels=classifier.max_image_pixels, draft_size=32)
+            load_image(file, max_pixels=getattr(classifier, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS), draft_size=32)
             usable.append(file)
         except ImageDecodeError as error:
             skipped.append(SkippedFile(str(file), error.reason))
@@ -259,8 +293,12 @@ def predict(
     top_k: Annotated[int, typer.Option(help="How many labels to show per input.")] = 3,
     text_col: Annotated[Optional[str], typer.Option(help="Text model given a table: its text column.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Segmentation: folder for <name>.png label masks. Detection: folder for detections.json and annotated images.")] = None,
+    score_threshold: Annotated[float, typer.Option(help="Detection: keep boxes scoring at least this.")] = 0.5,
 ) -> None:
-    """Predict the top-k labels of images, texts or audio files (unreadable files are listed, not fatal)."""
+    """Predict: top-k labels of images, texts or audio files; masks (segmentation) or boxes (detection) of images.
+
+    Unreadable files are listed, not fatal."""
     from headstart.predictor import top_labels
     from headstart.reporting import print_skipped
     from headstart.tasks import load_model
@@ -270,6 +308,9 @@ def predict(
             raise ParameterError(f"--top-k must be >= 1. Got {top_k}.", fix="Pass --top-k 1 or more.")
         classifier = load_model(model)
         task = getattr(classifier, "modality", "image")
+        if getattr(classifier, "task", "") in ("segmentation", "detection"):
+            _predict_dense(classifier, inputs, out=out, score_threshold=score_threshold, as_json=as_json)
+            return
         skipped: list[object] = []
         if task == "text":
             usable: list = _text_inputs(inputs, text_col)
@@ -539,6 +580,41 @@ def rank(
         _fail(error)
 
 
+def _predict_dense(estimator: object, inputs: list[str], *, out: Path | None, score_threshold: float,
+                   as_json: bool) -> None:
+    from headstart.reporting import print_skipped
+
+    usable, skipped = _image_inputs(inputs, estimator)
+    print_skipped(error_console, skipped)
+    if not usable:
+        raise ParameterError("None of the inputs is a usable image.", fix="Pass image files or folders.")
+    if out is None:
+        raise ParameterError(f"A {estimator.task} model writes its predictions to a folder; --out is missing.",
+                             fix="headstart predict MODEL IMAGES --out predictions/")
+    if estimator.task == "segmentation":
+        written = estimator.predict_masks(usable, out)
+        if as_json:
+            for image, mask in zip(usable, written):
+                print(json.dumps({"image": str(image), "mask": str(mask)}))
+        console.print(f"Wrote {len(written)} label masks to {out}/ (pixel values are class indices:"
+                      f" {', '.join(f'{i}={c}' for i, c in enumerate(estimator.classes_))})", highlight=False)
+        return
+    report = estimator.predict_to_folder(usable, out, score_threshold=score_threshold)
+    results = json.loads(report.read_text())
+    table = Table("image", "boxes", "per class", show_edge=False)
+    for entry in results:
+        counts: dict[str, int] = {}
+        for box in entry["detections"]:
+            counts[box["label"]] = counts.get(box["label"], 0) + 1
+        if as_json:
+            print(json.dumps(entry))
+        table.add_row(entry["image"], str(len(entry["detections"])), ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if not as_json:
+        console.print(table)
+    console.print(f"Wrote {report} and {len(results)} annotated images to {out}/ (boxes scoring >= {score_threshold})",
+                  highlight=False)
+
+
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(help="Model folder (e.g. runs/NAME/model).")],
@@ -557,6 +633,14 @@ def export(
         _fail(error)
     parity = sidecar["parity"]
     console.print(f"Wrote {out / sidecar['file']} and {out / 'headstart-export.json'}", highlight=False)
+    if sidecar["task"] in ("segmentation", "detection"):
+        figures = (f"max |difference| of pixel probabilities {parity['max_abs_diff']:.2e}, pixel agreement"
+                   f" {parity['pixel_agreement']:.5f}" if sidecar["task"] == "segmentation" else
+                   f"{parity['n_boxes']} boxes, max box difference {parity['max_box_diff_px']:.2e} px, max score"
+                   f" difference {parity['max_score_diff']:.2e}")
+        console.print(f"Parity with torch on {parity['n_inputs']} real images ({parity['inputs']}): {figures}",
+                      highlight=False)
+        return
     console.print(f"Parity with torch on {parity['n_inputs']} real inputs ({parity['inputs']}): max |difference|"
                   f" {parity['max_abs_diff']:.2e} (allowed {parity['max_allowed']:g}), top-1 agreement"
                   f" {parity['top1_agreement']:.3f}", highlight=False)

@@ -28,7 +28,8 @@ import torch
 from headstart.bundle import ENCODER_DIR, library_versions
 from headstart.errors import DataError, ExportError, HeadstartError, check_choice
 from headstart.predictor import OnnxBackend, Predictor, TorchBackend, as_tensors, load_predictor
-from headstart.storage import atomic_directory, atomic_write_json
+from headstart.dense.nets import DENSE_TASKS
+from headstart.storage import atomic_directory, atomic_write_json, read_json
 
 __all__ = ["FORMATS", "PARITY_MAX_ABS_DIFF", "SIDECAR_FILE", "export_bundle", "reference_items", "parity_report",
            "export_onnx_file"]
@@ -314,6 +315,14 @@ def _preprocessing(predictor: Predictor) -> dict[str, Any]:
                 "preprocessor/" if config["encoder"]["kind"] == "transformers_audio" else "none: log-mel inside graph")}
 
 
+def _task_of(bundle: str | os.PathLike[str]) -> str | None:
+    config = Path(bundle).expanduser() / "config.json"
+    try:
+        return read_json(config).get("task") if config.is_file() else None
+    except (ValueError, AttributeError):
+        return None  # load_bundle reports the damaged folder
+
+
 def export_bundle(bundle: str | os.PathLike[str] | Predictor, out: str | os.PathLike[str], *, format: str = "onnx",
                   data: str | os.PathLike[str] | None = None, quantize: bool = False,
                   quantize_ops: Sequence[str] | None = None, max_parity_items: int = 64, batch_size: int = 16
@@ -343,6 +352,13 @@ def export_bundle(bundle: str | os.PathLike[str] | Predictor, out: str | os.Path
         BundleError: ``bundle`` is not a model folder.
     """
     check_choice("export", "format", format, FORMATS)
+    if not isinstance(bundle, Predictor) and _task_of(bundle) in DENSE_TASKS:
+        if quantize:
+            raise ExportError("int8 quantisation is available for classification exports only.",
+                              fix="Export without --quantize.")
+        from headstart.dense.export import export_dense_bundle
+
+        return export_dense_bundle(bundle, out, format=format, data=data)
     if quantize and format != "onnx":
         raise ExportError("int8 quantisation is available for ONNX exports only.", fix="Use --format onnx --quantize.")
     predictor = bundle if isinstance(bundle, Predictor) else load_predictor(bundle)

@@ -29,14 +29,21 @@ def _save(figure: Figure, path: Path) -> Path:
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
-                         best_epoch: int | None = None) -> Path:
-    """Loss and accuracy per epoch, train vs validation, with stage boundaries and the restored epoch marked."""
+                         best_epoch: int | None = None,
+                         panels: Sequence[tuple[str, str | None, str | None]] | None = None) -> Path:
+    """Per-epoch curves, train vs validation, with stage boundaries and the restored epoch marked.
+
+    ``panels`` lists (title, train key, validation key) per plot (a key may be None); by default loss and
+    accuracy of a classifier.
+    """
     epochs = [h["epoch"] for h in history]
-    figure = Figure(figsize=(11, 4))
-    axes = figure.subplots(1, 2)
-    for axis, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
-        axis.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
-        axis.plot(epochs, [h[f"val_{metric}"] for h in history], "o-", label="validation")
+    panels = panels or (("Loss", "train_loss", "val_loss"), ("Accuracy", "train_accuracy", "val_accuracy"))
+    figure = Figure(figsize=(5.5 * len(panels), 4))
+    axes = np.atleast_1d(figure.subplots(1, len(panels)))
+    for axis, (title, train_key, val_key) in zip(axes, panels):
+        for key, label in ((train_key, "train"), (val_key, "validation")):
+            if key is not None and all(h.get(key) is not None for h in history):
+                axis.plot(epochs, [h[key] for h in history], "o-", label=label)
         for previous, current in zip(history, history[1:]):
             if previous["stage"] != current["stage"]:
                 axis.axvline(previous["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)

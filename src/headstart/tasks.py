@@ -1,4 +1,5 @@
-"""Which modality a dataset or a saved model is: image, text or audio, and the estimator that handles it.
+"""Which task a dataset or a saved model is (image, text or audio classification, segmentation, detection), and
+the estimator that handles it.
 
 >>> from pathlib import Path
 >>> detect_task(Path(__file__).parents[2] / "examples" / "hymenoptera_sample")
@@ -16,25 +17,33 @@ from headstart.storage import read_json
 
 __all__ = ["TASKS", "detect_task", "estimator_class", "load_model"]
 
-TASKS = ("image", "text", "audio")
-_BUNDLE_TASKS = {"image_classification": "image", "text_classification": "text", "audio_classification": "audio"}
+TASKS = ("image", "text", "audio", "segmentation", "detection")
+_BUNDLE_TASKS = {"image_classification": "image", "text_classification": "text", "audio_classification": "audio",
+                 "segmentation": "segmentation", "detection": "detection"}
 
 
 def detect_task(data: str | os.PathLike[str]) -> str:
-    """``image``, ``text`` or ``audio`` for a dataset path, from what its files are.
+    """The task of a dataset path, from what its files are.
 
     A table whose path column points to audio files, or a folder of mostly audio files, is audio; a table with a
-    text column, a folder of .txt class folders or of split tables is text; anything else is an image folder.
+    text column, a folder of .txt class folders or of split tables is text; a Pascal VOC folder or COCO JSON is
+    detection; image/mask folder pairs (or a table of pairs) are segmentation; anything else is an image folder.
 
     Raises:
         DataError: the path does not exist, or is a file that is none of these.
     """
     from headstart.data.audio import looks_like_audio_data
+    from headstart.data.detection import looks_like_detection_data
+    from headstart.data.segmentation import looks_like_segmentation_data
     from headstart.data.text import TEXT_TABLE_SUFFIXES, looks_like_text_data
 
     path = Path(data).expanduser()
     if not path.exists():
         raise DataError(f"The data {path} does not exist.", fix="Check the path.")
+    if looks_like_detection_data(path):
+        return "detection"
+    if looks_like_segmentation_data(path):
+        return "segmentation"
     if looks_like_audio_data(path):
         return "audio"
     if looks_like_text_data(path):
@@ -49,7 +58,7 @@ def detect_task(data: str | os.PathLike[str]) -> str:
 
 
 def estimator_class(task: str) -> type:
-    """The estimator class for ``task`` (``image``, ``text`` or ``audio``)."""
+    """The estimator class for ``task`` (one of :data:`TASKS`)."""
     if task == "image":
         from headstart.classifier import ImageClassifier
 
@@ -62,7 +71,16 @@ def estimator_class(task: str) -> type:
         from headstart.audio_classifier import AudioClassifier
 
         return AudioClassifier
-    raise ParameterError(f"The task must be one of {TASKS}. Got {task!r}.", fix="Use --task image, text or audio.")
+    if task == "segmentation":
+        from headstart.segmenter import Segmenter
+
+        return Segmenter
+    if task == "detection":
+        from headstart.detector import Detector
+
+        return Detector
+    raise ParameterError(f"The task must be one of {TASKS}. Got {task!r}.",
+                         fix="Use --task image, text, audio, segmentation or detection.")
 
 
 def load_model(path: str | os.PathLike[str]) -> Any:
