@@ -52,4 +52,17 @@ def errors(metrics: dict[str, Any]) -> int:
     return int(round((1 - metrics["accuracy"]["value"]) * metrics["n_samples"]))
 
 
-__all__ = ["SHARED", "linear_probe_baseline", "show", "machine", "write_results", "errors", "np"]
+def pretrained_vs_random(results: dict[str, Any], metric: str, goal: float, label: str) -> None:
+    """Print (and store in ``results``) the pretrained - random margin of ``metric`` and whether the goal is met."""
+    runs = results["runs"]
+    if "pretrained" in runs and "random" in runs:
+        margin = runs["pretrained"]["test"][metric] - runs["random"]["test"][metric]
+        results[f"margin_{metric}"] = round(margin, 4)
+        print(f"\npretrained - random {label}: {margin:+.4f}")
+    value = runs.get("pretrained", {}).get("test", {}).get(metric)
+    if value is not None:
+        print(f"goal {label} >= {goal:.2f} (pretrained): {'reached' if value >= goal else 'NOT reached'} ({value:.4f})")
+
+
+__all__ = ["SHARED", "linear_probe_baseline", "show", "machine", "write_results", "errors", "np",
+           "pretrained_vs_random"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine, write_results  # noqa: E402
+from common import SHARED, machine, pretrained_vs_random, write_results  # noqa: E402
 
 DATA = SHARED / "segmentation" / "isbi_membrane" / "train"
 CLASSES = ["membrane", "cell_interior"]  # mask value 0 = membrane, 255 = cell interior (SOURCE.txt)
@@ -72,14 +72,7 @@ def main() -> None:
             for row in metrics["per_class"]:
                 print(f"   {row['class']:<14} IoU {row['iou']:.4f} {row['iou_ci']}  Dice {row['dice']:.4f} {row['dice_ci']}")
             write_results(args.json, results)
-    runs = results["runs"]
-    if "pretrained" in runs and "random" in runs:
-        margin = runs["pretrained"]["test"]["miou"] - runs["random"]["test"]["miou"]
-        results["margin_miou"] = round(margin, 4)
-        print(f"\npretrained - random mIoU: {margin:+.4f}")
-    goal = runs.get("pretrained", {}).get("test", {}).get("miou")
-    if goal is not None:
-        print(f"goal mIoU >= 0.80 (pretrained): {'reached' if goal >= 0.80 else 'NOT reached'} ({goal:.4f})")
+    pretrained_vs_random(results, "miou", 0.8, "mIoU")
     write_results(args.json, results)
 
 

@@ -140,7 +140,8 @@ class Detector(DenseEstimator):
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        results = []
+        results: list[dict[str, Any]] = []
+        drawn_files: list[Path] = []
         for path in self._as_paths(images):
             image = load_image(path)
             found = self._detect([image])[0]
@@ -148,10 +149,14 @@ class Detector(DenseEstimator):
             boxes, labels, scores = found["boxes"][keep], found["labels"][keep], found["scores"][keep]
             results.append({"image": str(path), "detections": detections_to_json(boxes, labels, scores, self.classes_)})
             drawn = draw_detections(image, boxes=boxes, labels=labels, scores=scores, classes=self.classes_)
-            target = out / f"{Path(path).stem}_boxes.jpg"
+            target, n = out / f"{Path(path).stem}_boxes.jpg", 1
+            while target in drawn_files:  # two inputs with one name keep both drawings
+                target, n = out / f"{Path(path).stem}_{n}_boxes.jpg", n + 1
             temporary = temporary_sibling(target)
             drawn.convert("RGB").save(temporary, format="JPEG", quality=90)
             atomic_replace(temporary, target)
+            drawn_files.append(target)
+            results[-1]["annotated"] = str(target)
         return atomic_write_json(out / "detections.json", results)
 
     # -- measurement --------------------------------------------------------------------------------------------

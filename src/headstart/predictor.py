@@ -253,5 +253,12 @@ def load_predictor(path: str | os.PathLike[str], *, max_image_pixels: int | None
 
     Raises:
         BundleError: not a headstart model folder, or damaged.
+        ParameterError: a segmentation or detection model (they predict masks / boxes, not class probabilities).
     """
-    return Predictor(load_bundle(path), max_image_pixels=max_image_pixels)
+    bundle = load_bundle(path)
+    if bundle.config.get("task") in ("segmentation", "detection"):
+        raise ParameterError(
+            f"{path} is a {bundle.config['task']} model; the HTTP service serves classification models only.",
+            fix="Use `headstart predict MODEL IMAGES --out DIR`, or `headstart export MODEL --out DIR` and run the"
+                " ONNX model yourself.")
+    return Predictor(bundle, max_image_pixels=max_image_pixels)

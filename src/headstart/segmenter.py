@@ -184,9 +184,12 @@ class Segmenter(DenseEstimator):
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        written = []
+        written: list[Path] = []
         for path, mask in zip(self._as_paths(images), self.predict(images)):
-            written.append(save_mask_png(mask, out / f"{Path(path).stem}.png", classes=self.classes_))
+            target, n = out / f"{Path(path).stem}.png", 1
+            while target in written:  # two inputs with one name (a/0.png, b/0.png) keep both masks
+                target, n = out / f"{Path(path).stem}_{n}.png", n + 1
+            written.append(save_mask_png(mask, target, classes=self.classes_))
         return written
 
     # -- measurement ------------------------------------------------------------------------------------------

@@ -148,10 +148,10 @@ class DenseEstimator(EstimatorBase):
         params = self.plain_params()
         fingerprint = {"params": {k: v for k, v in params.items() if k != "progress"}, "classes": config["classes"],
                        "n_train": len(splits.train), "n_val": len(splits.val)}
-        if run_dir is not None:
+        if resume and (run_dir is None or not (run_dir / CHECKPOINT_DIR / "state.json").is_file()):
+            raise ResumeError(f"{run_dir} has no checkpoint to resume.", fix="Start the run without --resume.")
+        if run_dir is not None and not resume:  # a resumed run keeps the config it was started with
             run_dir.mkdir(parents=True, exist_ok=True)
-            if resume and not (run_dir / CHECKPOINT_DIR / "state.json").is_file():
-                raise ResumeError(f"{run_dir} has no checkpoint to resume.", fix="Start the run without --resume.")
             atomic_write_json(run_dir / "config.json", {
                 "task": self.task, "params": params, "data": str(Path(data).resolve()),
                 "val": str(Path(val).resolve()) if val is not None else None,

@@ -93,7 +93,10 @@ def _export_segmentation(bundle: Bundle, folder: Path, images: list[Any], format
         run = lambda x: session.run(None, {"images": x})[0]  # noqa: E731
     else:
         loaded = torch.jit.load(str(path)).eval()
-        run = lambda x: loaded(torch.from_numpy(x)).numpy()  # noqa: E731
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return loaded(torch.from_numpy(x)).numpy()
     worst, agree, total = 0.0, 0, 0
     for image in images:
         pixels = _pixels(image)

@@ -12,6 +12,7 @@ resumed run replays what the uninterrupted one would have done.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -141,7 +142,7 @@ def train_dense(net: nn.Module, *, encoder: nn.Module, stages: list[DenseStage],
     Returns:
         The final loop state; ``net`` holds the best epoch's weights.
     """
-    fingerprint = fingerprint or {}
+    fingerprint = json.loads(json.dumps(fingerprint or {}))  # as saved: tuples become lists
     state = DenseLoopState()
     best_weights: dict[str, torch.Tensor] | None = None
     optimizer_state: dict[str, Any] | None = None
