@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--crops-per-image", type=int, default=2)
     parser.add_argument("--decoder", default="unet")
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--encoder-lr-mult", type=float, default=0.1)
     parser.add_argument("--weights", default="both", choices=["both", "auto", "random"])
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "segmentation.json")
     args = parser.parse_args()
@@ -60,12 +61,21 @@ def main() -> None:
             started = time.perf_counter()
             model = Segmenter(decoder=args.decoder, epochs=args.epochs, frozen_epochs=args.frozen_epochs,
                               crop_size=args.crop_size, crops_per_image=args.crops_per_image, weights=weights,
-                              lr=args.lr, classes=CLASSES, val_fraction=4 / 24, seed=0)
+                              lr=args.lr, encoder_lr_mult=args.encoder_lr_mult, classes=CLASSES, val_fraction=4 / 24, seed=0)
             model.fit(train, out=Path(tmp) / f"run_{weights}")
             fit_seconds = time.perf_counter() - started
+            # flip test-time augmentation: chosen on the validation slices, never on the test slices
+            val_scores = {}
+            for tta in (False, True):
+                model.tta = tta
+                val_scores[tta] = model._measure(model._splits.val, n_bootstrap=0)[0]["miou"]
+            model.tta = val_scores[True] > val_scores[False]
+            print(f"validation mIoU without / with flip TTA: {val_scores[False]:.4f} / {val_scores[True]:.4f}"
+                  f" -> tta={model.tta}")
             metrics = model.evaluate(test)
             name = "pretrained" if weights == "auto" else "random"
-            results["runs"][name] = {"test": metrics, "fit_seconds": round(fit_seconds, 1),
+            results["runs"][name] = {"test": metrics, "fit_seconds": round(fit_seconds, 1), "tta": model.tta,
+                                     "val_miou_without_tta": val_scores[False], "val_miou_with_tta": val_scores[True],
                                      "best_epoch": model.metrics_["best_epoch"], "history": model.history_}
             print(f"\n== {name} encoder: test mIoU {metrics['miou']:.4f} {metrics['miou_ci']}, Dice"
                   f" {metrics['dice']:.4f}, fit {fit_seconds:.0f}s")

@@ -186,3 +186,17 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
     file.write_text("not a checkpoint")
     with pytest.raises(ParameterError, match="do not fit backbone"):
         create_backbone("timm:test_efficientnet", 2, weights=file)
+
+
+def test_a_headless_checkpoint_loads_as_pretrained_weights(tmp_path: Path) -> None:
+    """A state dict saved without a classifier (timm num_classes=0) is a usable --weights FILE."""
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("test_efficientnet", num_classes=0)
+    path = tmp_path / "headless.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model, weights = create_backbone("timm:test_efficientnet", 0, weights=str(path))
+    assert weights.kind == "file"
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in source.state_dict().items())

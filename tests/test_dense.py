@@ -626,3 +626,24 @@ def test_dice_loss_perfect_wrong_and_ignored_pixels() -> None:
     assert float(dice_loss(mixed, masks, ignore_index=255)) > float(expected) + 0.05  # not ignored: it counts
     # every pixel ignored: nothing is scored and the (smoothed) loss is 0, not NaN
     assert float(dice_loss(wrong, torch.full_like(masks, 255), ignore_index=255)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_flip_tta_is_flip_equivariant_and_differs_from_one_pass(segmenter_run: tuple[Segmenter, Path],
+                                                                isbi_small: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    model, _ = segmenter_run
+    image_path = _images(isbi_small / "images")[0]
+    flipped_path = tmp_path / "flipped.png"
+    Image.open(image_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped_path)
+    model.tta = False
+    single = model.predict_proba([image_path])[0]
+    model.tta = True
+    try:
+        averaged, averaged_flipped = model.predict_proba([image_path, flipped_path])
+    finally:
+        model.tta = False
+    # the mean over the flip group gives the mirrored answer for the mirrored image
+    np.testing.assert_allclose(averaged_flipped, averaged[:, :, ::-1], atol=1e-5)
+    np.testing.assert_allclose(averaged.sum(0), 1.0, atol=1e-5)
+    assert np.abs(averaged - single).max() > 1e-4  # four passes, not one

@@ -79,8 +79,10 @@ def train(
     lora_merge: Annotated[bool, typer.Option("--lora-merge/--no-lora-merge", help="Save LoRA adapters folded into the weights (default) or separately.")] = True,
     decoder: Annotated[str, typer.Option(help="Segmentation: unet or fpn.")] = "unet",
     crop_size: Annotated[int, typer.Option(help="Segmentation: side of the random training crops.")] = 256,
+    crops_per_image: Annotated[Optional[int], typer.Option(help="Segmentation: random crops per training image per epoch (default: image area / crop area).")] = None,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Segmentation: predict and evaluate as the mean over flips (4x slower).")] = False,
     frozen_epochs: Annotated[Optional[int], typer.Option(help="Segmentation/detection: first epochs with the pretrained backbone frozen (default: a quarter of --epochs).")] = None,
-    min_size: Annotated[int, typer.Option(help="Detection: images resized so the short side is this (long side at most --max-size).")] = 480,
+    min_size: Annotated[int, typer.Option(help="Detection: images resized so the short side is this (long side at most --max-size).")] = 384,
     max_size: Annotated[int, typer.Option(help="Detection: longest image side after resizing.")] = 640,
     class_names: Annotated[Optional[str], typer.Option(help="Segmentation: class names in mask-index order, comma-separated (default: classes.txt or background,foreground for binary masks). Detection: classes to keep.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last checkpoint (image classification, segmentation, detection).")] = None,
@@ -153,7 +155,7 @@ def train(
             if patience != _TRAIN_DEFAULTS["patience"]:
                 options["patience"] = patience or None
             if chosen == "segmentation":
-                options.update(decoder=decoder, crop_size=crop_size)
+                options.update(decoder=decoder, crop_size=crop_size, crops_per_image=crops_per_image, tta=tta)
             else:
                 options.update(min_size=min_size, max_size=max_size)
             cls = estimator_class(chosen)

@@ -292,7 +292,8 @@ def create_backbone(
                 state = spec.package_weights()
             else:
                 state = timm.models.load_state_dict(str(source.path))
-            state = _with_pretrained_head_shape(state, getattr(cfg, "classifier", None), pretrained_classes)
+            state = _with_pretrained_head_shape(state, getattr(cfg, "classifier", None), pretrained_classes,
+                                                architecture=spec.architecture)
             model = timm.create_model(spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state),
                                       num_classes=pretrained_classes, drop_rate=drop_rate)
             if num_classes != pretrained_classes:
@@ -307,12 +308,19 @@ def create_backbone(
 
 
 def _with_pretrained_head_shape(state: dict[str, torch.Tensor], classifier: str | tuple[str, ...] | None,
-                                pretrained_classes: int) -> dict[str, torch.Tensor]:
+                                pretrained_classes: int, *, architecture: str) -> dict[str, torch.Tensor]:
     """A checkpoint fine-tuned for other classes (a headstart bundle, say) keeps its backbone: its classifier
     tensors are swapped for placeholders of the pretrained shape so the strict load succeeds; the head is
-    replaced right after anyway."""
+    replaced right after anyway. A headless checkpoint (saved with ``num_classes=0``) gets placeholders too."""
     names = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
     state = dict(state)
+    missing = [f"{name}.{suffix}" for name in names for suffix in ("weight", "bias") if f"{name}.{suffix}" not in state]
+    if missing:
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in timm.create_model(architecture, num_classes=pretrained_classes).state_dict().items()}
+        for key in missing:
+            if key in shapes:
+                state[key] = torch.zeros(shapes[key])
     for name in names:
         for suffix in ("weight", "bias"):
             key = f"{name}.{suffix}"
