@@ -199,10 +199,10 @@ _TRAIN_DEFAULTS = {name: parameter.default for name, parameter in inspect.signat
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Model folder (e.g. runs/NAME/model).")],
-    data: Annotated[Path, typer.Argument(help="Labelled data like the model's training data: image class folders, a text table, audio class folders or table.")],
-    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, confusion_matrix.png, predictions.json.")] = None,
+    data: Annotated[Path, typer.Argument(help="Labelled data like the model's training data: image class folders, a text table, audio class folders or table, image + mask folders, or a VOC folder / COCO JSON (its test list when it has one).")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and confusion_matrix.png + predictions.json (classification) or samples/ (segmentation, detection).")] = None,
 ) -> None:
-    """Evaluate a saved model on labelled data (images, texts or audio, as the model was trained)."""
+    """Evaluate a saved model on labelled data (images, texts, audio, masks or boxes, as the model was trained)."""
     from headstart.tasks import load_model
 
     try:

@@ -166,7 +166,7 @@ class Detector(DenseEstimator):
         from headstart.evaluate_detection import detection_metrics
 
         predictions, targets = [], []
-        for sample in samples:
+        for sample in self._tracked(list(samples), f"Detecting in {len(samples)} images"):
             predictions.append(self._detect([load_image(sample.image)])[0])
             targets.append({"boxes": sample.boxes, "labels": sample.labels})
         metrics = detection_metrics(predictions, targets, self.classes_, n_bootstrap=n_bootstrap, seed=self.seed)

@@ -209,9 +209,8 @@ class Segmenter(DenseEstimator):
 
         mask_format, k = self._mask_format(), len(self.classes_)
         confusions, predictions = [], []
-        for image_path, mask_path in zip(samples.images, samples.masks):
-            if mask_path is None:
-                continue
+        pairs = [(i, m) for i, m in zip(samples.images, samples.masks) if m is not None]
+        for image_path, mask_path in self._tracked(pairs, f"Scoring {len(pairs)} images"):
             predicted = self._probabilities(load_image(image_path)).argmax(0)
             truth = read_mask(mask_path, mask_format, num_classes=k)
             confusions.append(confusion_for_image(predicted, truth, num_classes=k, ignore_index=self.ignore_index))

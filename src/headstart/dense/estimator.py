@@ -231,6 +231,12 @@ class DenseEstimator(EstimatorBase):
     def _run_config(path: Path) -> dict[str, Any]:
         return read_json(path)
 
+    def _tracked(self, items: Any, description: str) -> Any:
+        """``items`` with a transient progress bar (when ``progress`` is on)."""
+        from rich.progress import track
+
+        return track(items, description=description, transient=True, disable=not self.progress)
+
     def _as_paths(self, images: Any) -> list[Path]:
         if isinstance(images, (str, os.PathLike)):
             images = [images]
