@@ -38,7 +38,8 @@ class Detector(DenseEstimator):
         min_size, max_size: images are resized so the short side is ``min_size`` and the long side at most
             ``max_size`` (inside the model, also at prediction time). The default 384 keeps a CPU epoch of a few
             hundred images at a few minutes; raise it for small objects or on a GPU.
-        scale: training-time random rescale range (boxes move with the image), plus horizontal flips.
+        scale: multi-scale training: each batch's short side is drawn from five sizes spanning
+            ``min_size * scale`` (torchvision resizes the boxes with the images); plus random horizontal flips.
         score_threshold: detections below this score are dropped (keep it low for mAP; raise it for display).
         classes: class names to keep (others are dropped and reported); default: all found.
         patience: early stopping on validation mAP@0.5 (None = off). val_fraction: hold-out share when the data
@@ -79,11 +80,24 @@ class Detector(DenseEstimator):
     def _load_splits(self, data: Any, val: Any) -> Any:
         from headstart.data.detection import load_detection_dataset
 
-        return load_detection_dataset(data, val=val, val_fraction=self.val_fraction, seed=self.seed,
-                                      classes=list(self.classes) if self.classes else None)
+        from headstart.errors import DataError
+
+        splits = load_detection_dataset(data, val=val, val_fraction=self.val_fraction, seed=self.seed,
+                                        classes=list(self.classes) if self.classes else None)
+        if splits.val.n_boxes == 0:
+            raise DataError(f"The validation images of {data} hold no boxes, so mAP (which chooses the best epoch)"
+                            f" cannot be computed ({len(splits.val)} images, {splits.split}).",
+                            fix="Pass --val with annotated images, list some in ImageSets/Main/val.txt, or raise"
+                                " --val-fraction.")
+        return splits
+
+    def _train_sizes(self) -> list[int]:
+        low, high = self.scale
+        return sorted({int(round(self.min_size * f)) for f in np.linspace(low, high, 5)} - {self.min_size})
 
     def _dense_config(self, splits: Any) -> dict[str, Any]:
-        return {"min_size": self.min_size, "max_size": self.max_size, "box_score_thresh": self.score_threshold,
+        return {"min_size": self.min_size, "max_size": self.max_size, "train_sizes": self._train_sizes(),
+                "box_score_thresh": self.score_threshold,
                 "source": splits.source}
 
     def _steps_per_epoch(self, splits: Any) -> int:
@@ -92,8 +106,8 @@ class Detector(DenseEstimator):
     def _train_batches(self, splits: Any, epoch: int) -> Iterable[Any]:
         from headstart.data.detection import DetectionDataset, DetectionTransform, collate_detection
 
-        dataset = DetectionDataset(splits.train, DetectionTransform(train=True, scale=tuple(self.scale)),
-                                   seed=self.seed)
+        # flips here; rescaling happens inside the model (train_sizes), which would undo a rescale done here
+        dataset = DetectionDataset(splits.train, DetectionTransform(train=True, scale=(1.0, 1.0)), seed=self.seed)
         dataset.set_epoch(epoch)
         order = self._seeded(self.seed, epoch).permutation(len(dataset)).tolist()
         return DataLoader(dataset, batch_size=self.batch_size, sampler=order, num_workers=0,

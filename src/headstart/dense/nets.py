@@ -191,12 +191,14 @@ class PyramidBackbone(nn.Module):
 
 def build_detector(encoder: MultiScaleEncoder, num_classes: int, *, min_size: int, max_size: int,
                    mean: tuple[float, ...], std: tuple[float, ...], anchor_sizes: tuple[int, ...] | None = None,
-                   min_stride: int = 8, box_detections_per_img: int = 100, box_score_thresh: float = 0.01
-                   ) -> nn.Module:
+                   train_sizes: tuple[int, ...] = (), min_stride: int = 8, box_detections_per_img: int = 100,
+                   box_score_thresh: float = 0.01) -> nn.Module:
     """A torchvision Faster R-CNN (Ren et al. 2015) on ``encoder`` + FPN, for ``num_classes`` object classes.
 
     torchvision resizes each image so its short side is ``min_size`` (long side at most ``max_size``) and
     normalises it with ``mean``/``std`` inside the model, and maps boxes back to the input image's pixels.
+    ``train_sizes``: in training each batch's short side is drawn from these and ``min_size`` (multi-scale
+    training: the boxes are resized with the image); evaluation always uses ``min_size``.
     """
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -213,7 +215,8 @@ def build_detector(encoder: MultiScaleEncoder, num_classes: int, *, min_size: in
     # Fewer proposals and sampled RoIs than torchvision's COCO defaults (2000 / 512): small datasets have tens
     # of objects per image, and on a CPU the RoI head's cost grows with them.
     return FasterRCNN(backbone, num_classes=num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=pool,
-                      min_size=min_size, max_size=max_size, image_mean=list(mean), image_std=list(std),
+                      min_size=(*[s for s in train_sizes if s != min_size], min_size),  # eval: the last one
+                      max_size=max_size, image_mean=list(mean), image_std=list(std),
                       rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500, rpn_pre_nms_top_n_test=500,
                       rpn_post_nms_top_n_test=300, box_batch_size_per_image=128,
                       box_detections_per_img=box_detections_per_img, box_score_thresh=box_score_thresh)
@@ -239,5 +242,6 @@ def build_dense_net(config: dict[str, Any], encoder_model: nn.Module | None = No
                               mean=tuple(prep["mean"]), std=tuple(prep["std"]),
                               anchor_sizes=tuple(dense["anchor_sizes"]) if dense.get("anchor_sizes") else None,
                               min_stride=int(dense.get("min_stride", 8)),
+                              train_sizes=tuple(int(v) for v in dense.get("train_sizes", ())),
                               box_score_thresh=float(dense.get("box_score_thresh", 0.01)))
     raise ParameterError(f"Unknown dense task {config['task']!r}.", fix=f"Use one of {list(DENSE_TASKS)}.")

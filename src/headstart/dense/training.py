@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from headstart.dense.nets import freeze_batchnorm
-from headstart.errors import ResumeError
+from headstart.errors import ParameterError, ResumeError
 from headstart.storage import (
     atomic_directory,
     atomic_save_tensors,
@@ -152,7 +152,12 @@ def train_dense(net: nn.Module, *, encoder: nn.Module, stages: list[DenseStage],
             raise ResumeError(f"No checkpoint to resume in {folder}.", fix="Start the run without --resume.")
         saved = read_json(folder / "state.json")
         if saved.get("fingerprint") != fingerprint:
-            raise ResumeError(f"The checkpoint in {folder} was written for other data or settings.",
+            before, now = saved.get("fingerprint") or {}, fingerprint
+            differ = sorted(k for k in set(before.get("params", {})) | set(now.get("params", {}))
+                            if before.get("params", {}).get(k) != now.get("params", {}).get(k))
+            differ += [k for k in ("classes", "n_train", "n_val") if before.get(k) != now.get(k)]
+            raise ResumeError(f"The checkpoint in {folder} was written for other data or settings (differing: "
+                              f"{', '.join(differ) or 'unknown'}).",
                               fix="Resume with the run's own settings, or start a new run.")
         state = DenseLoopState(**saved["state"])
         net.load_state_dict(load_tensors(folder / "model.safetensors"))
@@ -189,8 +194,9 @@ def train_dense(net: nn.Module, *, encoder: nn.Module, stages: list[DenseStage],
                         group["lr"] = stage.lr * group["lr_scale"] * lr_factor(step, total, warmup_steps=warmup)
                     value = loss(net, batch)
                     if not math.isfinite(value.item()):
-                        raise ResumeError(f"The training loss became {value.item()} in epoch {epoch}.",
-                                          fix="Lower the learning rate (--lr) and start again.")
+                        raise ParameterError(f"The training loss became {value.item()} in epoch {epoch}: the"
+                                             f" learning rate {stage.lr:g} is too high for this data.",
+                                             fix="Lower the learning rate (--lr) and start again.")
                     optimizer.zero_grad(set_to_none=True)
                     value.backward()
                     torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
@@ -212,7 +218,7 @@ def train_dense(net: nn.Module, *, encoder: nn.Module, stages: list[DenseStage],
             if state.best_score is None or score > state.best_score:
                 state.best_score, state.best_epoch, state.stale = score, epoch, 0
                 best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            else:
+            elif index == len(stages) - 1:  # patience counts in the last stage only (never skip the unfreeze)
                 state.stale += 1
             shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_"))
             console.print(f"epoch {epoch} ({stage.name}): train loss {record['train_loss']:.4f}, {shown}"
