@@ -1,6 +1,6 @@
 """BCCD blood-cell detection with Detector: pretrained vs random backbone, same detector and recipe.
 
-    .venv/bin/python bench/detection.py [--epochs 8] [--min-size 480] [--weights both|auto|random] [--json FILE]
+    .venv/bin/python bench/detection.py [--epochs 6] [--min-size 384] [--weights both|auto|random] [--json FILE]
 
 The dataset's own lists: train.txt (205 images) trains, val.txt (87) chooses the best epoch, test.txt (72) is
 read only by evaluate(). Reported: mAP@0.5 and mAP@[0.5:0.95] overall (95% bootstrap intervals over test
@@ -26,9 +26,9 @@ DATA = SHARED / "detection" / "bccd"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--frozen-epochs", type=int, default=2)
-    parser.add_argument("--min-size", type=int, default=480)
+    parser.add_argument("--min-size", type=int, default=384)
     parser.add_argument("--max-size", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=None)

@@ -49,9 +49,9 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Epochs of the main stage (fine_tune: unfrozen epochs after one head stage; a linear probe is solved, not trained for epochs). Default: from the dataset size.")] = None,
     weights: Annotated[str, typer.Option(help="auto, random, or a local checkpoint FILE.")] = "auto",
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the head.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step (segmentation/detection default 4).")] = 32,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per step (default 32; segmentation/detection 4).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: the backbone's; x1.29 for linear_probe, FixRes).")] = None,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0 disables; segmentation/detection: off unless given).")] = 3,
+    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs (0 disables; default 3; segmentation/detection: off unless given).")] = None,
     monitor: Annotated[str, typer.Option(help="val_loss or val_accuracy.")] = "val_loss",
     class_weights: Annotated[bool, typer.Option("--class-weights/--no-class-weights", help="Weight the loss by inverse class frequency.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and augmentation.")] = 0,
@@ -81,6 +81,8 @@ def train(
     crop_size: Annotated[int, typer.Option(help="Segmentation: side of the random training crops.")] = 256,
     crops_per_image: Annotated[Optional[int], typer.Option(help="Segmentation: random crops per training image per epoch (default: image area / crop area).")] = None,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Segmentation: predict and evaluate as the mean over flips (4x slower).")] = False,
+    dihedral: Annotated[bool, typer.Option("--dihedral/--no-dihedral", help="Segmentation: also train on vertical flips and 90-degree turns (images without an 'up': microscopy, satellite).")] = False,
+    mask_format: Annotated[str, typer.Option(help="Segmentation: auto, index (values are class indices, 255 ignored), binary (0/255) or palette (RGB colours, classes in sorted colour order).")] = "auto",
     frozen_epochs: Annotated[Optional[int], typer.Option(help="Segmentation/detection: first epochs with the pretrained backbone frozen (default: a quarter of --epochs).")] = None,
     min_size: Annotated[int, typer.Option(help="Detection: images resized so the short side is this (long side at most --max-size).")] = 384,
     max_size: Annotated[int, typer.Option(help="Detection: longest image side after resizing.")] = 640,
@@ -89,7 +91,9 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars or epoch lines.")] = False,
 ) -> None:
-    """Train a classifier on images, texts or audio; writes the run (model, metrics, plots) to --out."""
+    """Train a classifier on images, texts or audio, or a segmenter / detector on images; writes the run (model,
+    metrics, plots) to --out."""
+    arguments = dict(locals())
     from headstart.classifier import ImageClassifier
     from headstart.storage import read_json
     from headstart.train import process_rank
@@ -109,13 +113,8 @@ def train(
                                      fix=f"Run `headstart train --resume {resume}` alone (--quiet is allowed).")
             try:
                 saved = read_json(config_file)
-                if saved.get("task") in ("segmentation", "detection"):
-                    from headstart.tasks import estimator_class
-
-                    dense = estimator_class(saved["task"])(**{**saved["params"], "progress": not quiet})
-                    dense.fit(saved["data"], val=saved["val"], out=resume, resume=True)
-                    return
-                if saved.get("task", "image_classification") != "image_classification":
+                saved_task = saved.get("task", "image_classification")
+                if saved_task not in ("image_classification", "segmentation", "detection"):
                     raise ParameterError(f"--resume {resume}: {saved['task']} runs cannot be resumed (they keep no"
                                          " checkpoints; their fine-tuning is a few epochs).",
                                          fix="Start the run again with --overwrite.")
@@ -123,6 +122,12 @@ def train(
             except (ValueError, KeyError, TypeError) as error:
                 raise ResumeError(f"{config_file} is damaged or not from headstart train ({error!r}).",
                                   fix="Start a new run; this folder cannot be resumed.") from None
+            if saved_task in ("segmentation", "detection"):
+                from headstart.tasks import estimator_class
+
+                estimator_class(saved_task)(**{**params, "progress": not quiet}).fit(
+                    saved_data, val=saved_val, out=resume, resume=True)
+                return
             classifier = ImageClassifier(**{**params, "progress": not quiet})
             classifier.fit(saved_data, val=saved_val, out=resume, resume=True)
             return
@@ -147,15 +152,22 @@ def train(
 
         chosen = detect_task(data) if task == "auto" else task
         if chosen in ("segmentation", "detection"):
+            foreign = [name for name in _options_not_for(chosen)
+                       if arguments[name] != _TRAIN_DEFAULTS[name]]
+            if foreign:
+                raise ParameterError(f"{', '.join('--' + n.replace('_', '-') for n in foreign)} do(es) not apply to"
+                                     f" {chosen} training, which would silently ignore it.",
+                                     fix=f"Leave it out; `headstart train --help` marks the {chosen} options.")
             options = dict(epochs=epochs, frozen_epochs=frozen_epochs, weights=weights, lr=lr, seed=seed,
                            val_fraction=val_fraction, progress=not quiet,
                            classes=_split_list(class_names) if class_names else None)
-            if batch_size != _TRAIN_DEFAULTS["batch_size"]:
+            if batch_size is not None:
                 options["batch_size"] = batch_size
-            if patience != _TRAIN_DEFAULTS["patience"]:
+            if patience is not None:
                 options["patience"] = patience or None
             if chosen == "segmentation":
-                options.update(decoder=decoder, crop_size=crop_size, crops_per_image=crops_per_image, tta=tta)
+                options.update(decoder=decoder, crop_size=crop_size, crops_per_image=crops_per_image, tta=tta,
+                               dihedral=dihedral, mask_format=mask_format)
             else:
                 options.update(min_size=min_size, max_size=max_size)
             cls = estimator_class(chosen)
@@ -163,6 +175,14 @@ def train(
             console.print(f"[bold]Task[/bold] {chosen}" + (" (detected)" if task == "auto" else ""))
             estimator.fit(data, val=val, out=out)
             return
+        dense_only = [n for names in _DENSE_ONLY.values() for n in names] + ["frozen_epochs", "class_names"]
+        foreign = [name for name in dense_only if arguments[name] != _TRAIN_DEFAULTS[name]]
+        if foreign:
+            raise ParameterError(f"{', '.join('--' + n.replace('_', '-') for n in foreign)} apply to segmentation /"
+                                 f" detection only; this is a {chosen} classification run.",
+                                 fix="Leave them out, or pass --task segmentation / --task detection.")
+        batch_size = 32 if batch_size is None else batch_size
+        patience = 3 if patience is None else patience
         if chosen != "image":
             options = dict(strategy=strategy, head=head, epochs=epochs, weights=weights, lr=lr, batch_size=batch_size,
                            patience=patience or None, monitor=monitor, class_weights=class_weights, seed=seed,
@@ -194,6 +214,16 @@ def train(
 
 
 _TRAIN_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
+_DENSE_ONLY = {"segmentation": ("decoder", "crop_size", "crops_per_image", "tta", "dihedral", "mask_format"),
+               "detection": ("min_size", "max_size")}
+_SHARED_OPTIONS = ("data", "out", "val", "task", "backbone", "epochs", "weights", "lr", "batch_size", "patience",
+                   "seed", "val_fraction", "frozen_epochs", "class_names", "resume", "overwrite", "quiet")
+
+
+def _options_not_for(task: str) -> list[str]:
+    """The train options a segmentation / detection run does not read."""
+    own = set(_SHARED_OPTIONS) | set(_DENSE_ONLY.get(task, ()))
+    return [name for name in _TRAIN_DEFAULTS if name not in own]
 
 
 @app.command()

@@ -57,9 +57,15 @@ class Segmenter(DenseEstimator):
         weights: ``auto`` (pretrained, offline sources), ``random``, or a checkpoint file.
         lr: peak learning rate of the decoder (default 1e-3). batch_size: crops per step.
         crop_size: side of the random training crops (images smaller than it are padded).
-        crops_per_image: crops drawn per training image per epoch (default: image area / crop area).
+        crops_per_image: crops drawn per training image per epoch (default: the first training image's area /
+            crop area).
         dice_weight: loss = cross entropy + dice_weight * soft Dice.
+        dihedral: also flip vertically and turn by 90 degrees while training (for images without an "up":
+            microscopy, satellite, pathology); off = random rescale, crop and left-right flips only.
         classes, ignore_index: class names in index order, and the mask value that is ignored.
+        mask_format: ``auto``, ``index``, ``binary`` or ``palette`` (see
+            :func:`headstart.data.segmentation.load_segmentation_dataset`; an automatic palette orders classes by
+            the colours' sorted (r, g, b) values, so name classes in that order).
         tta: predict (and evaluate) as the mean of the image and its horizontal, vertical and double flips
             (4x the prediction time; an exported model predicts without it).
         patience: early stopping on validation mIoU (None = off). val_fraction: hold-out share without
@@ -73,18 +79,21 @@ class Segmenter(DenseEstimator):
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, decoder: str = "unet", epochs: int | None = None,
                  frozen_epochs: int | None = None, weights: str = "auto", lr: float | None = None,
                  encoder_lr_mult: float = 0.1, batch_size: int = 4, crop_size: int = 256,
-                 crops_per_image: int | None = None, dice_weight: float = 1.0, classes: Sequence[str] | None = None,
-                 ignore_index: int = 255, tta: bool = False, patience: int | None = None, seed: int = 0,
-                 val_fraction: float = 0.2, allow_download: bool = True, progress: bool = True) -> None:
+                 crops_per_image: int | None = None, dice_weight: float = 1.0, dihedral: bool = False,
+                 classes: Sequence[str] | None = None, mask_format: str = "auto", ignore_index: int = 255,
+                 tta: bool = False, patience: int | None = None, seed: int = 0, val_fraction: float = 0.2,
+                 allow_download: bool = True, progress: bool = True) -> None:
         self.backbone, self.decoder, self.epochs, self.frozen_epochs = backbone, decoder, epochs, frozen_epochs
         self.weights, self.lr, self.encoder_lr_mult, self.batch_size = weights, lr, encoder_lr_mult, batch_size
         self.crop_size, self.crops_per_image, self.dice_weight = crop_size, crops_per_image, dice_weight
+        self.dihedral, self.mask_format = dihedral, mask_format
         self.classes, self.ignore_index, self.tta, self.patience, self.seed = classes, ignore_index, tta, patience, seed
         self.val_fraction, self.allow_download, self.progress = val_fraction, allow_download, progress
 
     def _validate(self) -> None:
         self._validate_common()
         check_choice("Segmenter", "decoder", self.decoder, DECODERS)
+        check_choice("Segmenter", "mask_format", self.mask_format, ("auto", "index", "binary", "palette"))
         if not isinstance(self.crop_size, int) or not 32 <= self.crop_size <= 4096 or self.crop_size % 32:
             raise self._bad("crop_size", "a multiple of 32 in [32, 4096]")
         if self.crops_per_image is not None and (not isinstance(self.crops_per_image, int) or self.crops_per_image < 1):
@@ -100,7 +109,7 @@ class Segmenter(DenseEstimator):
 
         return load_segmentation_dataset(data, val=val, val_fraction=self.val_fraction, seed=self.seed,
                                          classes=list(self.classes) if self.classes else None,
-                                         ignore_index=self.ignore_index)
+                                         mask_format=self.mask_format, ignore_index=self.ignore_index)
 
     def _dense_config(self, splits: Any) -> dict[str, Any]:
         return {"decoder": self.decoder, "mask_format": splits.mask_format.to_dict(), "ignore_index": self.ignore_index}
@@ -116,7 +125,8 @@ class Segmenter(DenseEstimator):
         prep = self.config_["preprocessing"] if hasattr(self, "config_") else None
         mean, std = (prep["mean"], prep["std"]) if prep else self._spec_norm()
         return JointTransform(train=train, crop_size=self.crop_size if train else None, mean=mean, std=std,
-                              ignore_index=self.ignore_index, vflip=train, rotate90=train)
+                              ignore_index=self.ignore_index, vflip=train and self.dihedral,
+                              rotate90=train and self.dihedral)
 
     def _spec_norm(self) -> tuple[Any, Any]:
         from headstart.backbones.registry import get_backbone_spec
@@ -194,7 +204,8 @@ class Segmenter(DenseEstimator):
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
-        for path, mask in zip(self._as_paths(images), self.predict(images)):
+        for path in self._as_paths(images):  # one image at a time: a large folder never sits in memory
+            mask = self.predict([path])[0]
             target, n = out / f"{Path(path).stem}.png", 1
             while target in written:  # two inputs with one name (a/0.png, b/0.png) keep both masks
                 target, n = out / f"{Path(path).stem}_{n}.png", n + 1

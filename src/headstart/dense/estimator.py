@@ -31,6 +31,8 @@ from headstart.storage import atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["DenseEstimator"]
 
+FITTED_ATTRIBUTES = ("net_", "classes_", "config_", "history_", "metrics_")
+
 
 class DenseEstimator(EstimatorBase):
     """The shared flow; subclasses set ``task``, ``monitor`` and the hooks below."""
@@ -120,6 +122,20 @@ class DenseEstimator(EstimatorBase):
         Returns:
             self, fitted: ``net_``, ``classes_``, ``config_``, ``history_``, ``metrics_``.
         """
+        fitted_before = {name: getattr(self, name) for name in FITTED_ATTRIBUTES if hasattr(self, name)}
+        try:
+            return self._fit(data, val=val, out=out, resume=resume)
+        except BaseException:
+            # an interrupted or failed fit leaves the estimator as it was, never half fitted
+            for name in FITTED_ATTRIBUTES:
+                if name in fitted_before:
+                    setattr(self, name, fitted_before[name])
+                elif hasattr(self, name):
+                    delattr(self, name)
+            raise
+
+    def _fit(self, data: str | os.PathLike[str], *, val: str | os.PathLike[str] | None,
+             out: str | os.PathLike[str] | None, resume: bool) -> "DenseEstimator":
         self._validate()
         console = Console(quiet=not self.progress)
         started = time.perf_counter()

@@ -157,9 +157,8 @@ class SegmentationNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
-        pad_h, pad_w = (-height) % self.stride, (-width) % self.stride
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h))
+        # always padded (by 0 when the size fits): a traced/exported graph must keep the step for other sizes
+        images = F.pad(images, (0, (-width) % self.stride, 0, (-height) % self.stride))
         logits = self.classifier(self.decoder(self.encoder(images)))
         if logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
