@@ -1,7 +1,9 @@
 """Object-detection metrics (COCO mAP with bootstrap 95% intervals), and pictures and JSON of detections.
 
-The average precision follows pycocotools' ``COCOeval`` for boxes (area range "all", 100 detections), so the
-numbers compare with published ones:
+The average precision follows pycocotools' ``COCOeval`` for boxes (area range "all", 100 detections; a test
+checks the figures against pycocotools). Two differences from published COCO / VOC numbers: crowd boxes are
+dropped when the data is read (pycocotools ignores detections on them; here those count as false positives), and
+VOC "difficult" objects are scored like the others (VOC's own protocol ignores them):
 
 * per class and image, detections are sorted by score (stable) and the first 100 kept (pycocotools applies
   ``maxDets`` per image *and class*);
