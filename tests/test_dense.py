@@ -653,3 +653,32 @@ def test_cli_refuses_options_a_task_would_ignore(isbi_small: Path, tmp_path: Pat
     result = runner.invoke(app, ["train", str(isbi_small), "--task", "image", "--out", str(tmp_path / "b"),
                                  "--crop-size", "128", "--quiet"])
     assert result.exit_code == 2 and "--crop-size" in result.output and "segmentation / detection" in result.output
+
+
+def test_detector_trains_from_coco_json(bccd_small: Path, tmp_path: Path) -> None:
+    """The same real images and boxes written as COCO JSON train a Detector, with the classes in category order."""
+    from headstart.data.detection import load_detection_dataset
+
+    splits = load_detection_dataset(bccd_small)
+    categories = [{"id": 10 * (i + 1), "name": name} for i, name in enumerate(splits.classes)]
+    images_dir = tmp_path / "coco" / "images"
+    images_dir.mkdir(parents=True)
+    for part, samples in (("train", splits.train), ("val", splits.val)):
+        document: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
+        for index, sample in enumerate(samples):
+            target = images_dir / sample.image.name
+            if not target.exists():
+                target.symlink_to(sample.image)
+            document["images"].append({"id": index, "file_name": sample.image.name, "width": sample.width,
+                                       "height": sample.height})
+            for box, label in zip(sample.boxes.tolist(), sample.labels.tolist()):
+                x1, y1, x2, y2 = box
+                document["annotations"].append({"id": len(document["annotations"]), "image_id": index,
+                                                "category_id": 10 * (label + 1), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                                "iscrowd": 0, "area": (x2 - x1) * (y2 - y1)})
+        (tmp_path / "coco" / f"instances_{part}.json").write_text(json.dumps(document))
+    assert detect_task(tmp_path / "coco") == "detection"
+    detector = Detector(**det_params(epochs=1)).fit(tmp_path / "coco", out=tmp_path / "run")
+    assert detector.classes_ == splits.classes
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_images"] == len(splits.val) and metrics["n_true_boxes"] == splits.val.n_boxes
