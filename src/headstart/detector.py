@@ -37,7 +37,7 @@ class Detector(DenseEstimator):
         lr: peak learning rate of FPN + detection heads (default 1e-3, AdamW). batch_size: images per step.
         min_size, max_size: images are resized so the short side is ``min_size`` and the long side at most
             ``max_size`` (inside the model, also at prediction time). The default 384 keeps a CPU epoch of a few
-            hundred images at a few minutes; raise it for small objects or on a GPU.
+            hundred images at a few minutes; raise it for small objects.
         scale: multi-scale training: each batch's short side is drawn from five sizes spanning
             ``min_size * scale`` (torchvision resizes the boxes with the images); plus random horizontal flips.
         score_threshold: detections below this score are dropped (keep it low for mAP; raise it for display).

@@ -4,6 +4,8 @@
 (:func:`headstart.dense.training.train_dense`), measures it on the validation split, writes the run folder
 (config, metrics, history, curves, sample images, summary) and saves the bundle in ``<run>/model``.
 Subclasses say how data is read, how a batch is made and scored, and how predictions are measured and drawn.
+Training and prediction run on the CPU in one process (no accelerator / data-parallel options yet, unlike the
+image classifier).
 """
 
 from __future__ import annotations
