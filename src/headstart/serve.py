@@ -615,4 +615,7 @@ def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000
         return
     del predictor  # each worker process loads its own
     os.environ[CONFIG_ENV] = json.dumps(asdict(config))  # each worker process rebuilds the app from it
-    uvicorn.run("headstart.serve:app_from_environment", factory=True, workers=workers, **options)
+    # Each worker imports torch and loads the bundle before it answers the supervisor's pings; uvicorn's default
+    # 5 s health check killed and respawned them in a loop on a loaded 2-core machine (measured in CI).
+    uvicorn.run("headstart.serve:app_from_environment", factory=True, workers=workers,
+                timeout_worker_healthcheck=120, **options)
