@@ -19,7 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine, pretrained_vs_random, write_results  # noqa: E402
+from common import SHARED, machine, pretrained_vs_random, write_results
 
 DATA = SHARED / "detection" / "bccd"
 

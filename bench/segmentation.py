@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine, pretrained_vs_random, write_results  # noqa: E402
+from common import SHARED, machine, pretrained_vs_random, write_results
 
 DATA = SHARED / "segmentation" / "isbi_membrane" / "train"
 CLASSES = ["membrane", "cell_interior"]  # mask value 0 = membrane, 255 = cell interior (SOURCE.txt)

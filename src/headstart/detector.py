@@ -79,7 +79,6 @@ class Detector(DenseEstimator):
     # -- data -------------------------------------------------------------------------------------------------
     def _load_splits(self, data: Any, val: Any) -> Any:
         from headstart.data.detection import load_detection_dataset
-
         from headstart.errors import DataError
 
         splits = load_detection_dataset(data, val=val, val_fraction=self.val_fraction, seed=self.seed,
@@ -104,7 +103,11 @@ class Detector(DenseEstimator):
         return max(1, math.ceil(len(splits.train) / self.batch_size))
 
     def _train_batches(self, splits: Any, epoch: int) -> Iterable[Any]:
-        from headstart.data.detection import DetectionDataset, DetectionTransform, collate_detection
+        from headstart.data.detection import (
+            DetectionDataset,
+            DetectionTransform,
+            collate_detection,
+        )
 
         # flips here; rescaling happens inside the model (train_sizes), which would undo a rescale done here
         dataset = DetectionDataset(splits.train, DetectionTransform(train=True, scale=(1.0, 1.0)), seed=self.seed)
@@ -151,7 +154,11 @@ class Detector(DenseEstimator):
         each image to ``out``; returns the JSON path."""
         from headstart.data.images import load_image
         from headstart.evaluate_detection import detections_to_json, draw_detections
-        from headstart.storage import atomic_replace, atomic_write_json, temporary_sibling
+        from headstart.storage import (
+            atomic_replace,
+            atomic_write_json,
+            temporary_sibling,
+        )
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

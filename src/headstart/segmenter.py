@@ -216,7 +216,10 @@ class Segmenter(DenseEstimator):
     def _measure(self, samples: Any, *, n_bootstrap: int) -> tuple[dict[str, Any], list[Any]]:
         from headstart.data.images import load_image
         from headstart.data.segmentation import read_mask
-        from headstart.evaluate_segmentation import confusion_for_image, segmentation_metrics
+        from headstart.evaluate_segmentation import (
+            confusion_for_image,
+            segmentation_metrics,
+        )
 
         mask_format, k = self._mask_format(), len(self.classes_)
         confusions, predictions = [], []

@@ -29,7 +29,7 @@ from headstart.errors import NotFittedError, ParameterError, ResumeError
 from headstart.estimator import EstimatorBase
 from headstart.plots import plot_training_curves
 from headstart.reporting import print_skipped
-from headstart.storage import atomic_write_json, atomic_write_text, read_json
+from headstart.storage import atomic_write_json, atomic_write_text
 
 __all__ = ["DenseEstimator"]
 
@@ -114,7 +114,7 @@ class DenseEstimator(EstimatorBase):
 
     # -- fit --------------------------------------------------------------------------------------------------
     def fit(self, data: str | os.PathLike[str], *, val: str | os.PathLike[str] | None = None,
-            out: str | os.PathLike[str] | None = None, resume: bool = False) -> "DenseEstimator":
+            out: str | os.PathLike[str] | None = None, resume: bool = False) -> DenseEstimator:
         """Train on ``data`` (validation: ``val``, the data's own split, or a seeded hold-out).
 
         Args:
@@ -137,7 +137,7 @@ class DenseEstimator(EstimatorBase):
             raise
 
     def _fit(self, data: str | os.PathLike[str], *, val: str | os.PathLike[str] | None,
-             out: str | os.PathLike[str] | None, resume: bool) -> "DenseEstimator":
+             out: str | os.PathLike[str] | None, resume: bool) -> DenseEstimator:
         self._validate()
         console = Console(quiet=not self.progress)
         started = time.perf_counter()
@@ -232,7 +232,7 @@ class DenseEstimator(EstimatorBase):
         raise NotImplementedError
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "DenseEstimator":
+    def load(cls, path: str | os.PathLike[str]) -> DenseEstimator:
         """Rebuild a saved model (no network, no training code)."""
         bundle = load_bundle(path)
         if bundle.config.get("task") != cls.task:
@@ -244,10 +244,6 @@ class DenseEstimator(EstimatorBase):
         estimator.history_ = bundle.config.get("training", {}).get("history", [])
         estimator.metrics_ = bundle.config.get("metrics", {})
         return estimator
-
-    @staticmethod
-    def _run_config(path: Path) -> dict[str, Any]:
-        return read_json(path)
 
     def _tracked(self, items: Any, description: str) -> Any:
         """``items`` with a transient progress bar (when ``progress`` is on)."""

@@ -90,7 +90,7 @@ def _export_segmentation(bundle: Bundle, folder: Path, images: list[Any], format
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        run = lambda x: session.run(None, {"images": x})[0]  # noqa: E731
+        run = lambda x: session.run(None, {"images": x})[0]
     else:
         loaded = torch.jit.load(str(path)).eval()
 
@@ -185,7 +185,7 @@ def export_dense_bundle(bundle: str | os.PathLike[str] | Bundle, out: str | os.P
             path, parity = exporter(bundle, folder, images, format)
         except HeadstartError:
             raise
-        except Exception as error:  # noqa: BLE001 - exporters fail in many ways; the user needs the first line
+        except Exception as error:
             raise ExportError(f"Exporting {bundle.path} to {format} failed: {type(error).__name__}:"
                               f" {str(error).splitlines()[0][:300] if str(error) else ''}",
                               fix="Try the other --format, or report the backbone.") from None

@@ -171,7 +171,10 @@ class PyramidBackbone(nn.Module):
 
     def __init__(self, encoder: MultiScaleEncoder, *, out_channels: int = FPN_CHANNELS, min_stride: int = 8) -> None:
         super().__init__()
-        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+        from torchvision.ops.feature_pyramid_network import (
+            FeaturePyramidNetwork,
+            LastLevelMaxPool,
+        )
 
         self.encoder = encoder
         self.keep = [i for i, r in enumerate(encoder.reductions) if r >= min_stride]
@@ -183,7 +186,7 @@ class PyramidBackbone(nn.Module):
     def n_levels(self) -> int:
         return len(self.keep) + 1
 
-    def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         features = self.encoder(images)
         return self.fpn(OrderedDict((str(n), features[i]) for n, i in enumerate(self.keep)))
 
