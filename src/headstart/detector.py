@@ -225,16 +225,12 @@ class Detector(DenseEstimator):
         """mAP@0.5, mAP@[0.5:0.95] and per-class AP on labelled data (a VOC folder's test list when it has one);
         with ``out``: metrics.json and annotated sample images there."""
         from headstart.data.detection import read_detection_annotations
-        from headstart.storage import atomic_write_json
+        from headstart.data.images import SkippedFile
 
         self._check_fitted("evaluate")
         samples, skipped, dropped = read_detection_annotations(data, classes=self.classes_)
-        metrics, predictions = self._measure(samples, n_bootstrap=n_bootstrap)
-        metrics["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in skipped]
-        metrics["dropped_boxes"] = len(dropped)
-        if out is not None:
-            out = Path(out)
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / "metrics.json", metrics)
-            self._write_report_images(samples, predictions, out / "samples")
-        return metrics
+        if dropped:
+            # dropped boxes are listed with the skipped files: metrics.json says what was not scored
+            skipped = [*skipped, *(SkippedFile(str(d.file), f"box {d.box} ({d.label}) dropped: {d.reason}")
+                                   for d in dropped)]
+        return self._evaluate_samples(samples, skipped, out=out, n_bootstrap=n_bootstrap)

@@ -25,7 +25,7 @@ from rich.progress import Progress
 from headstart.bundle import load_bundle, save_bundle, validation_reference
 from headstart.calibration import apply_temperature
 from headstart.encoders.net import EncoderNet, apply_lora, merge_lora
-from headstart.errors import NotFittedError, ParameterError, check_choice
+from headstart.errors import ParameterError, check_choice
 from headstart.estimator import EstimatorBase
 from headstart.evaluate import classification_metrics, format_summary, log_loss
 from headstart.features.store import FeatureKey, FeatureStore, weights_digest
@@ -62,17 +62,6 @@ class EncoderClassifier(EstimatorBase):
     modality = ""
 
     # -- scikit-learn conventions -------------------------------------------------------------------------
-    def _check_fitted(self, method: str) -> None:
-        if not hasattr(self, "net_"):
-            raise NotFittedError(
-                f"This {type(self).__name__} is not fitted yet, so {method}() cannot run.",
-                fix=f"Call fit(DATA) first, or {type(self).__name__}.load(MODEL_FOLDER) to use a saved model.")
-
-    def _bad(self, name: str, expected: str) -> ParameterError:
-        return ParameterError(
-            f"The '{name}' parameter of {type(self).__name__} must be {expected}. Got {getattr(self, name)!r}.",
-            fix=f"Pass {name} (CLI: --{name.replace('_', '-')}) as {expected}, or leave it unset for the default.")
-
     def _validate_common(self) -> None:
         owner = type(self).__name__
         check_choice(owner, "strategy", self.strategy, ("auto", *ENCODER_STRATEGIES))

@@ -6,6 +6,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from headstart.errors import NotFittedError, ParameterError
+
 __all__ = ["EstimatorBase"]
 
 
@@ -21,6 +23,19 @@ class EstimatorBase:
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
         changed = [f"{k}={v!r}" for k, v in self.get_params().items() if k == "backbone" or v != defaults[k]]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _check_fitted(self, method: str) -> None:
+        """Raise :class:`NotFittedError` unless ``fit`` or ``load`` has run (``net_`` is set)."""
+        if not hasattr(self, "net_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet, so {method}() cannot run.",
+                fix=f"Call fit(DATA) first, or {type(self).__name__}.load(MODEL_FOLDER) to use a saved model.")
+
+    def _bad(self, name: str, expected: str) -> ParameterError:
+        """The error for parameter ``name`` that is not ``expected``."""
+        return ParameterError(
+            f"The '{name}' parameter of {type(self).__name__} must be {expected}. Got {getattr(self, name)!r}.",
+            fix=f"Pass {name} (CLI: --{name.replace('_', '-')}) as {expected}, or leave it unset for the default.")
 
     def plain_params(self) -> dict[str, Any]:
         """The parameters as JSON-ready values (paths as strings), for run configs and bundles."""

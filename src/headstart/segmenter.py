@@ -264,15 +264,7 @@ class Segmenter(DenseEstimator):
         """Metrics (per-class IoU and Dice, mIoU, pixel accuracy, CIs over images) on labelled pairs in ``data``;
         with ``out``: metrics.json and overlay images there."""
         from headstart.data.segmentation import read_segmentation_pairs
-        from headstart.storage import atomic_write_json
 
         self._check_fitted("evaluate")
         samples, skipped = read_segmentation_pairs(data, mask_format=self._mask_format(), classes=self.classes_)
-        metrics, predictions = self._measure(samples, n_bootstrap=n_bootstrap)
-        metrics["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in skipped]
-        if out is not None:
-            out = Path(out)
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / "metrics.json", metrics)
-            self._write_report_images(samples, predictions, out / "samples")
-        return metrics
+        return self._evaluate_samples(samples, skipped, out=out, n_bootstrap=n_bootstrap)

@@ -25,7 +25,7 @@ from headstart.backbones.registry import create_backbone, get_backbone_spec
 from headstart.bundle import load_bundle, save_bundle
 from headstart.dense.nets import build_dense_net
 from headstart.dense.training import CHECKPOINT_DIR, plan_dense_stages, train_dense
-from headstart.errors import NotFittedError, ParameterError, ResumeError
+from headstart.errors import ParameterError, ResumeError
 from headstart.estimator import EstimatorBase
 from headstart.plots import plot_training_curves
 from headstart.reporting import print_skipped
@@ -82,17 +82,6 @@ class DenseEstimator(EstimatorBase):
         raise NotImplementedError
 
     # -- shared checks ----------------------------------------------------------------------------------------
-    def _check_fitted(self, method: str) -> None:
-        if not hasattr(self, "net_"):
-            raise NotFittedError(
-                f"This {type(self).__name__} is not fitted yet, so {method}() cannot run.",
-                fix=f"Call fit(DATA) first, or {type(self).__name__}.load(MODEL_FOLDER) to use a saved model.")
-
-    def _bad(self, name: str, expected: str) -> ParameterError:
-        return ParameterError(
-            f"The '{name}' parameter of {type(self).__name__} must be {expected}. Got {getattr(self, name)!r}.",
-            fix=f"Pass {name} (CLI: --{name.replace('_', '-')}) as {expected}, or leave it unset for the default.")
-
     def _validate_common(self) -> None:
         get_backbone_spec(self.backbone)
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
@@ -244,6 +233,18 @@ class DenseEstimator(EstimatorBase):
         estimator.history_ = bundle.config.get("training", {}).get("history", [])
         estimator.metrics_ = bundle.config.get("metrics", {})
         return estimator
+
+    def _evaluate_samples(self, samples: Any, skipped: list[Any], *, out: str | os.PathLike[str] | None,
+                          n_bootstrap: int) -> dict[str, Any]:
+        """Metrics on read labelled samples; with ``out``: metrics.json and report images there."""
+        metrics, predictions = self._measure(samples, n_bootstrap=n_bootstrap)
+        metrics["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in skipped]
+        if out is not None:
+            folder = Path(out)
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(folder / "metrics.json", metrics)
+            self._write_report_images(samples, predictions, folder / "samples")
+        return metrics
 
     def _tracked(self, items: Any, description: str) -> Any:
         """``items`` with a transient progress bar (when ``progress`` is on)."""
