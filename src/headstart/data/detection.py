@@ -40,9 +40,14 @@ from xml.etree import ElementTree
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from headstart.data.images import IMAGE_EXTENSIONS, ImageDecodeError, SkippedFile, load_image
+from headstart.data.images import (
+    IMAGE_EXTENSIONS,
+    ImageDecodeError,
+    SkippedFile,
+    load_image,
+)
+from headstart.data.transforms import EpochSeededDataset
 from headstart.errors import DataError, ParameterError
 
 __all__ = [
@@ -829,7 +834,7 @@ class DetectionTransform:
         return self.apply(image, boxes, labels, flip=flip, factor=factor)
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(EpochSeededDataset):
     """Samples -> ``(image tensor, {"boxes": (N, 4) float32, "labels": (N,) int64})`` for torchvision detectors.
 
     Labels stay 0-based class indices: torchvision's detectors reserve label 0 for the background, so the
@@ -842,16 +847,8 @@ class DetectionDataset(Dataset):
 
     def __init__(self, samples: DetectionSamples | Sequence[DetectionSample], transform: DetectionTransform, *,
                  seed: int = 0) -> None:
-        self.samples = samples
+        super().__init__(samples, seed=seed)
         self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = self.samples[index]
@@ -860,7 +857,7 @@ class DetectionDataset(Dataset):
             raise DataError(f"{sample.image} is {image.size[0]}x{image.size[1]} pixels, but it was "
                             f"{sample.width}x{sample.height} when the dataset was read: the file changed.",
                             fix="Load the dataset again.")
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+        rng = self.item_rng(index)
         pixels, boxes, labels = self.transform(image, sample.boxes, sample.labels, rng)
         return pixels, {"boxes": boxes, "labels": labels}
 

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
 
 from headstart.data.images import (
     ImageDecodeError,
@@ -37,6 +36,7 @@ from headstart.data.images import (
     list_image_files,
     load_image,
 )
+from headstart.data.transforms import EpochSeededDataset
 from headstart.errors import DataError, ParameterError, check_choice
 
 __all__ = [
@@ -1070,7 +1070,7 @@ class JointTransform:
         return tensor, None if labels is None else torch.from_numpy(labels)
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(EpochSeededDataset):
     """Image/mask files -> (image tensor, mask tensor) through a :class:`JointTransform`.
 
     Each item's random draws come from ``(seed, epoch, index)``: augmentation differs per epoch (call
@@ -1097,22 +1097,13 @@ class SegmentationDataset(Dataset):
             raise ParameterError(f"The transform pads masks with {padding} but the mask format ignores "
                                  f"{mask_format.ignore_index}; expected the same ignore index in both.",
                                  fix=f"Build the JointTransform with ignore_index={mask_format.ignore_index}.")
-        self.samples = samples
+        super().__init__(samples, seed=seed)
         self.mask_format = mask_format
         self.num_classes = num_classes
         self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the random draws of ``epoch`` from now on."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.item_rng(index)
         image = load_image(self.samples.images[index])
         mask_path = self.samples.masks[index]
         mask = None if mask_path is None else read_mask(mask_path, self.mask_format, num_classes=self.num_classes)

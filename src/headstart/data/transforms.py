@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -13,7 +14,7 @@ from torchvision import transforms as T
 from headstart.backbones.registry import Preprocessing
 from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, load_image
 
-__all__ = ["build_transform", "ImageDataset"]
+__all__ = ["build_transform", "ImageDataset", "EpochSeededDataset"]
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -85,3 +86,27 @@ class ImageDataset(Dataset):
             path = self.paths[-int(labels[failed[0, 0]]) - 2]
             load_image(path, max_pixels=self.max_pixels)  # raises ImageDecodeError with the reason
             raise ImageDecodeError(path, "it could not be decoded while loading a batch")
+
+
+class EpochSeededDataset(Dataset):
+    """A dataset whose item ``i`` in epoch ``e`` draws its augmentation from ``rng(seed, e, i)``.
+
+    The draws do not depend on the number of DataLoader workers or on the order items are asked for, so a run
+    resumed at epoch ``e`` replays what the uninterrupted run would have drawn. Call :meth:`set_epoch` before each
+    epoch (with non-persistent workers, which copy the dataset at the start of each epoch).
+    """
+
+    def __init__(self, samples: Sequence[object], *, seed: int = 0) -> None:
+        self.samples = samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the random draws of ``epoch`` from now on."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def item_rng(self, index: int) -> "np.random.Generator":
+        return np.random.default_rng([self.seed, self.epoch, index])
