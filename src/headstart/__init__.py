@@ -5,6 +5,7 @@
 True
 """
 
+from headstart.adapt import DomainAdapter
 from headstart.audio_classifier import AudioClassifier
 from headstart.backbones import (
     DEFAULT_BACKBONE,
@@ -25,6 +26,7 @@ from headstart.errors import (
     WeightsNotFoundError,
 )
 from headstart.segmenter import Segmenter
+from headstart.shift import measure_shift
 from headstart.tasks import detect_task, load_model
 from headstart.text_classifier import TextClassifier
 
@@ -35,6 +37,8 @@ __all__ = [
     "TextClassifier",
     "Segmenter",
     "Detector",
+    "DomainAdapter",
+    "measure_shift",
     "detect_task",
     "load_model",
     "DEFAULT_BACKBONE",

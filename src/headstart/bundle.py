@@ -24,7 +24,7 @@ from torch import nn
 from headstart.backbones.registry import Preprocessing
 from headstart.dense.nets import DENSE_TASKS
 from headstart.errors import BundleError
-from headstart.heads import load_sklearn_head, save_sklearn_head
+from headstart.heads import FeatureMLP, load_sklearn_head, save_sklearn_head, set_classifier
 from headstart.storage import (
     atomic_directory,
     atomic_save_tensors,
@@ -173,6 +173,10 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
             model = build_dense_net(config)
         else:
             model = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes)
+            if head_config.get("kind") == "mlp":
+                model = set_classifier(model, FeatureMLP(model.num_features, len(config["classes"]),
+                                                         hidden=int(head_config["hidden"]),
+                                                         dropout=float(head_config.get("dropout", 0.5))))
         model.load_state_dict(load_tensors(weights_file))
     except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as error:
         raise BundleError(

@@ -34,7 +34,7 @@ from headstart.errors import DataError, NotFittedError, ParameterError, check_ch
 from headstart.estimator import EstimatorBase
 from headstart.evaluate import classification_metrics, format_summary
 from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, view_names
-from headstart.heads import HEADS
+from headstart.heads import HEADS, FeatureMLP
 from headstart.inference import predict_files
 from headstart.plots import plot_confusion_matrix
 from headstart.reporting import (
@@ -557,11 +557,17 @@ class ImageClassifier(EstimatorBase):
             "metrics": getattr(self, "metrics_", None),
             "temperature": getattr(self, "temperature_", 1.0),
             "calibration": getattr(self, "calibration_", None),
-            "head": ({"kind": "linear"} if getattr(self, "head_", None) is None else
-                     {"kind": "sklearn", "name": self.head, "backbone_classes": 0}),
+            "head": self._head_config(),
+            "adaptation": getattr(self, "adaptation_", None),
         }
         return save_bundle(path, self.model_, config, head=getattr(self, "head_", None),
                            validation=getattr(self, "validation_", None))
+
+    def _head_config(self) -> dict[str, Any]:
+        if getattr(self, "head_", None) is not None:
+            return {"kind": "sklearn", "name": self.head, "backbone_classes": 0}
+        classifier = self.model_.get_classifier()
+        return classifier.config() if isinstance(classifier, FeatureMLP) else {"kind": "linear"}
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "ImageClassifier":
@@ -589,6 +595,37 @@ class ImageClassifier(EstimatorBase):
         classifier.calibration_ = config.get("calibration")
         classifier.head_ = bundle.head
         classifier.validation_ = bundle.validation
+        classifier.adaptation_ = config.get("adaptation")
+        classifier.skipped_ = []
+        classifier.is_main_process_ = True
+        return classifier
+
+    @classmethod
+    def from_frozen_model(cls, model: torch.nn.Module, *, classes: Sequence[str], preprocessing: Preprocessing,
+                          backbone_spec: dict[str, Any], params: dict[str, Any], metrics: dict[str, Any] | None,
+                          history: list[dict[str, Any]], validation: dict[str, Any] | None,
+                          adaptation: dict[str, Any] | None = None) -> "ImageClassifier":
+        """A fitted linear-probe classifier from a frozen pretrained backbone whose classifier (a linear layer or a
+        :class:`~headstart.heads.FeatureMLP`) was trained elsewhere on its pooled features, e.g. by domain
+        adaptation. It predicts, evaluates and saves like one from :meth:`fit`."""
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        classifier = cls(**{k: v for k, v in params.items() if k in known})
+        classifier.model_ = model.eval()
+        classifier.classes_ = list(classes)
+        classifier.preprocessing_ = preprocessing
+        classifier.history_ = history
+        classifier.strategy_ = "linear_probe"
+        classifier.stages_ = []
+        classifier.epochs_ = 1
+        classifier.best_epoch_ = 1
+        classifier.backbone_spec_ = backbone_spec
+        classifier.train_config_ = {}
+        classifier.metrics_ = metrics
+        classifier.temperature_ = 1.0
+        classifier.calibration_ = None
+        classifier.head_ = None
+        classifier.validation_ = validation
+        classifier.adaptation_ = adaptation
         classifier.skipped_ = []
         classifier.is_main_process_ = True
         return classifier

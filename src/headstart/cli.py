@@ -711,6 +711,7 @@ def serve(
     batch_window_ms: Annotated[float, typer.Option(help="How long a batch waits for requests still being decoded.")] = 4.0,
     top_k: Annotated[int, typer.Option(help="Labels returned per input unless the request asks (?top_k=).")] = 5,
     threads: Annotated[Optional[int], typer.Option(help="Inference threads (default: all cores).")] = None,
+    log_embeddings: Annotated[int, typer.Option(help="Image models: keep the embeddings of the last N predicted images; GET /shift then reports their shift from the training data (0: off).")] = 0,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "warning",
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, a web page at /, OpenAPI docs at /docs."""
@@ -723,11 +724,74 @@ def serve(
     config = ServeConfig(bundle=str(model), backend=backend, data=None if data is None else str(data),
                          max_upload_bytes=max_upload_bytes, max_image_pixels=max_image_pixels, max_items=max_items,
                          max_text_chars=max_text_chars, request_timeout=request_timeout, max_batch=max_batch,
-                         batch_window_ms=batch_window_ms, top_k=top_k, threads=threads)
+                         batch_window_ms=batch_window_ms, top_k=top_k, threads=threads,
+                         log_embeddings=log_embeddings)
     try:
         run_server(config, host=host, port=port, workers=workers, log_level=log_level)
     except HeadstartError as error:
         _fail(error)
+
+
+@app.command()
+def adapt(
+    source: Annotated[Path, typer.Argument(help="Labelled source images: one subfolder per class.")],
+    target: Annotated[Path, typer.Option(help="Images of the new domain, used without labels (class subfolders named like the source classes are used only to report target metrics).")],
+    method: Annotated[str, typer.Option(help="all (every method side by side; the best by the label-free IM score is kept), or source_only, coral, mmd, dann, cdan, self_training (comma-separated for several).")] = "all",
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/adapt-<source>-<target>).")] = None,
+    backbone: Annotated[str, typer.Option(help="A name from `headstart backbones` or timm:<model>.")] = DEFAULT_BACKBONE,
+    weights: Annotated[str, typer.Option(help="auto or a local checkpoint FILE.")] = "auto",
+    image_size: Annotated[Optional[int], typer.Option(help="Input side for the frozen features (default: pretrained size x1.29).")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps of mmd, dann and cdan.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of every method.")] = 0,
+    runtime: Annotated[str, typer.Option(help="Frozen-feature runtime: auto, openvino, onnxruntime or torch.")] = "auto",
+    cache_dir: Annotated[Optional[str], typer.Option(help="Feature store folder ('off' disables).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or tables.")] = False,
+) -> None:
+    """Domain adaptation: train on labelled SOURCE images, adapt to unlabelled --target images; writes the model
+    (an ordinary bundle: predict / evaluate / export / serve) and a comparison of the methods to --out."""
+    from headstart.adapt import DomainAdapter
+
+    run_dir = out or Path("runs") / f"adapt-{source.resolve().name}-{target.resolve().name}"
+    if (run_dir / "model").exists() and not overwrite:
+        _fail(ParameterError(f"{run_dir} already holds a run.", fix="Pass --overwrite, or another --out."))
+    try:
+        DomainAdapter(backbone, method=method, weights=weights, image_size=image_size, steps=steps, seed=seed,
+                      runtime=runtime, cache_dir=cache_dir, progress=not quiet).fit(source, target, out=run_dir)
+    except HeadstartError as error:
+        _fail(error)
+
+
+@app.command()
+def shift(
+    a: Annotated[Path, typer.Argument(help="First image folder (any subfolders), or a model folder: its backbone embeds and its recorded validation images stand for its training data.")],
+    b: Annotated[Path, typer.Argument(help="Second image folder (e.g. the images the model now sees).")],
+    backbone: Annotated[Optional[str], typer.Option(help="Embedding backbone for two folders (default efficientnet_lite0).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side (default: the backbone's).")] = None,
+    permutations: Annotated[int, typer.Option(help="Shuffles of the MMD permutation test.")] = 500,
+    max_samples: Annotated[int, typer.Option(help="At most this many images per side (seeded subsample).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Subsampling, shuffles and folds.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON to this file.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Dataset shift between two image sets on backbone embeddings: MMD with a permutation-test p-value, proxy
+    A-distance of a domain classifier, and a verdict (no shift / shift / severe shift)."""
+    from headstart.shift import shift_between
+    from headstart.storage import atomic_write_json
+
+    try:
+        report, described = shift_between(a, b, backbone=backbone, image_size=image_size, permutations=permutations,
+                                          max_samples=max_samples, seed=seed, progress=not quiet)
+    except HeadstartError as error:
+        _fail(error)
+    console.print(f"{described['a']} ({described['images_a']} images) vs {described['b']} ({described['images_b']}"
+                  f" images), embedded by {described['embedder']} at {described['input_size']}px", highlight=False)
+    if described["skipped"]:
+        console.print(f"skipped {len(described['skipped'])} unreadable files: "
+                      + ", ".join(s["path"] for s in described["skipped"][:5]), highlight=False)
+    console.print(report.describe(), highlight=False)
+    if out is not None:
+        atomic_write_json(out, {**report.to_dict(), **described})
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ from torch import nn
 __all__ = [
     "HEADS",
     "SKLEARN_HEADS",
+    "FeatureMLP",
+    "set_classifier",
     "L2_GRID",
     "LinearHeadFit",
     "SklearnHeadFit",
@@ -152,6 +154,55 @@ def _fit_linear_head(features: torch.Tensor, labels: torch.Tensor, *, n_classes:
         chosen = grid[len(grid) // 2]
     weight, bias = _solve(features, labels, n_classes, chosen, class_weight)
     return LinearHeadFit(weight=weight.float(), bias=bias.float(), l2=chosen, cv=table, folds=folds_used if table else 0)
+
+
+# -- a small MLP head (domain adaptation's bottleneck) ------------------------------------------------------------
+
+
+class FeatureMLP(nn.Module):
+    """A classifier on pooled features with a bottleneck: standardise -> Linear -> BatchNorm -> ReLU -> Dropout ->
+    Linear. It replaces a timm model's classifier, so the bundle stays an ordinary image classifier (predict,
+    export, serve); the saved config's ``head`` entry (:meth:`config`) rebuilds it.
+
+    >>> head = FeatureMLP(8, 3, hidden=4).eval()
+    >>> head(torch.zeros(2, 8)).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(self, in_features: int, n_classes: int, *, hidden: int = 256, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.in_features, self.hidden, self.dropout = in_features, hidden, dropout
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("scale", torch.ones(in_features))
+        self.bottleneck = nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                        nn.Dropout(dropout))
+        self.classifier = nn.Linear(hidden, n_classes)
+
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.mean.copy_(mean)
+            self.scale.copy_(std.clamp_min(1e-3))
+
+    def features(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck((pooled - self.mean) / self.scale)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(pooled))
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "mlp", "hidden": self.hidden, "dropout": self.dropout}
+
+
+def set_classifier(model: nn.Module, head: nn.Module) -> nn.Module:
+    """Put ``head`` where the timm ``model``'s classifier is (``pretrained_cfg['classifier']``, e.g. ``classifier``
+    or ``fc`` or ``head.fc``), so ``model(x)`` and ``model.get_classifier()`` use it. Returns ``model``."""
+    name = str(model.pretrained_cfg.get("classifier", "classifier"))
+    parent = model
+    *path, last = name.split(".")
+    for part in path:
+        parent = getattr(parent, part)
+    setattr(parent, last, head)
+    return model
 
 
 # -- scikit-learn heads ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from headstart.storage import atomic_replace, temporary_sibling
 
-__all__ = ["plot_training_curves", "plot_confusion_matrix"]
+__all__ = ["plot_training_curves", "plot_confusion_matrix", "plot_method_comparison"]
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -80,4 +80,26 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], path: str | os.PathLi
             for j in range(k):
                 axis.text(j, i, str(counts[i, j]), ha="center", va="center",
                           color="white" if rates[i, j] > 0.5 else "black", fontsize=9)
+    return _save(figure, Path(path))
+
+
+def plot_method_comparison(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Domain adaptation: each method's label-free target score (IM) and, where target labels exist, its target
+    accuracy with the 95% interval; the selected method is starred."""
+    names = [row["method"] + (" *" if row.get("selected") else "") for row in rows]
+    has_accuracy = any(row.get("accuracy") is not None for row in rows)
+    figure = Figure(figsize=(4.0 * (2 if has_accuracy else 1) + 1, 3.6))
+    axes = figure.subplots(1, 2 if has_accuracy else 1, squeeze=False)[0]
+    axes[0].barh(names, [row["im_score"] for row in rows], color="tab:blue")
+    axes[0].set_xlabel("target IM score (no labels; higher is better)")
+    axes[0].invert_yaxis()
+    if has_accuracy:
+        accuracy = [row.get("accuracy") or 0.0 for row in rows]
+        errors = np.array([[a - (row.get("accuracy_ci") or (a, a))[0], (row.get("accuracy_ci") or (a, a))[1] - a]
+                           for a, row in zip(accuracy, rows)]).T
+        axes[1].barh(names, accuracy, xerr=errors, color="tab:green")
+        axes[1].set_xlabel("target accuracy (labels used only here)")
+        axes[1].set_xlim(0, 1)
+        axes[1].invert_yaxis()
+    figure.suptitle("Domain adaptation methods")
     return _save(figure, Path(path))

@@ -236,6 +236,28 @@ class Predictor:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return self.run(self.collate([self.decode(item, name=f"item {i}") for i, item in enumerate(items)]))
 
+    def embed(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Image models: the backbone's pooled features (n, dim) of collated ``arrays`` (what shift compares)."""
+        if self.task != "image":
+            raise ParameterError(f"embed() is for image models; this is a {self.task} model.",
+                                 fix="Measure shift with an image classifier's bundle.")
+        if getattr(self, "_pooled", None) is None:
+            from headstart.features.runtime import PooledFeatures
+
+            prep = self.bundle.preprocessing
+            self._pooled = PooledFeatures(self.bundle.model, mean=prep.mean, std=prep.std).eval()
+        with torch.inference_mode():
+            return self._pooled(torch.from_numpy(arrays["images"])).float().numpy()
+
+    def embed_files(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 32) -> np.ndarray:
+        """:meth:`embed` of image files, in batches."""
+        rows = []
+        for start in range(0, len(paths), batch_size):
+            items = self.read_inputs(paths[start:start + batch_size])
+            rows.append(self.embed(self.collate([self.decode(item, name=str(p)) for item, p in
+                                                 zip(items, paths[start:start + batch_size])])))
+        return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
     def read_inputs(self, paths_or_texts: Sequence[str | os.PathLike[str]]) -> list[bytes | str]:
         """Raw items from files (images, audio) or the texts themselves (text models)."""
         if self.task == "text":

@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from headstart.errors import HeadstartError, ParameterError
+from headstart.errors import DataError, HeadstartError, ParameterError
 from headstart.predictor import Predictor, load_predictor, top_labels
 
 __all__ = ["ServeConfig", "MicroBatcher", "create_app", "prepare_backend", "run_server", "BACKENDS"]
@@ -66,6 +66,9 @@ class ServeConfig:
         batch_window_ms: how long a batch may wait for requests still being decoded.
         top_k: labels returned per item unless the request asks for another number.
         threads: inference threads (default: torch's setting, i.e. the cores).
+        log_embeddings: image models: keep the backbone embeddings of the last N predicted images, and answer
+            ``GET /shift`` with their shift from the training data (see :mod:`headstart.shift`). Costs one more
+            backbone pass per image (torch); 0 (default) turns it off.
     """
 
     bundle: str
@@ -80,6 +83,7 @@ class ServeConfig:
     batch_window_ms: float = 4.0
     top_k: int = 5
     threads: int | None = None
+    log_embeddings: int = 0
     export_dir: str | None = field(default=None, repr=False)
 
     def validate(self) -> None:
@@ -93,6 +97,9 @@ class ServeConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ParameterError(f"The '{name}' option of serve must be a positive number. Got {value!r}.",
                                      fix=f"Pass --{name.replace('_', '-')} with a value > 0.")
+        if not isinstance(self.log_embeddings, int) or isinstance(self.log_embeddings, bool) or self.log_embeddings < 0:
+            raise ParameterError(f"The 'log_embeddings' option must be an integer >= 0. Got {self.log_embeddings!r}.",
+                                 fix="Pass --log-embeddings 1000 to keep the last 1000 images' embeddings (0: off).")
         if not isinstance(self.batch_window_ms, (int, float)) or self.batch_window_ms < 0:
             raise ParameterError(f"The 'batch_window_ms' option must be >= 0. Got {self.batch_window_ms!r}.",
                                  fix="Pass --batch-window-ms 4 (or 0 to never wait).")
@@ -435,6 +442,23 @@ def _decode_items(predictor: Predictor, items: list[tuple[str, bytes | str]]) ->
     return decoded
 
 
+def _embedding_log(predictor: Predictor, config: ServeConfig) -> Any:
+    """The service's :class:`~headstart.shift.EmbeddingLog` when ``--log-embeddings`` is on (image models)."""
+    if not config.log_embeddings:
+        return None
+    from headstart.shift import EmbeddingLog, bundle_reference_images
+
+    if predictor.task != "image":
+        raise ParameterError(f"--log-embeddings measures shift on image embeddings; this is a {predictor.task} model.",
+                             fix="Leave --log-embeddings at 0 for text and audio models.")
+
+    def reference() -> np.ndarray:
+        paths = bundle_reference_images(config.bundle, predictor.bundle.validation)
+        return predictor.embed_files(paths)
+
+    return EmbeddingLog(config.log_embeddings, embed=predictor.embed, reference=reference)
+
+
 def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: Callable[[str], None] = print) -> Any:
     """The FastAPI application serving ``config.bundle`` (loaded here unless ``predictor`` is given).
 
@@ -448,7 +472,16 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
     backend = "onnxruntime" if predictor.backend.name == "onnxruntime" else prepare_backend(predictor, config, log=log)
     metadata = _metadata(predictor, config, backend)
     state = {"decoding": 0, "requests": 0, "errors_4xx": 0, "started": time.time()}
-    batcher = MicroBatcher(lambda decoded: predictor.run(predictor.collate(decoded)), max_batch=config.max_batch,
+    embedding_log = _embedding_log(predictor, config)
+
+    def run_batch(decoded: list[Any]) -> np.ndarray:
+        arrays = predictor.collate(decoded)
+        probabilities = predictor.run(arrays)
+        if embedding_log is not None:
+            embedding_log.add(arrays)
+        return probabilities
+
+    batcher = MicroBatcher(run_batch, max_batch=config.max_batch,
                            window_s=config.batch_window_ms / 1000.0, expecting=lambda: state["decoding"])
     decode_pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="decode")
 
@@ -544,6 +577,18 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
                 "uptime_s": round(time.time() - state["started"], 1), "requests": state["requests"],
                 "rejected_4xx": state["errors_4xx"], "batches": batcher.batches, "batched_items": batcher.items,
                 "queue": batcher.queue.qsize()}
+
+    @app.get("/shift", summary="Shift of the recently predicted images from the training data (--log-embeddings)")
+    async def shift(permutations: int = Query(default=200, ge=19, le=5000, description="MMD permutation-test"
+                                                                                     " shuffles")) -> Any:
+        if embedding_log is None:
+            raise RequestError(409, "shift_logging_off", "This service does not log embeddings, so it cannot measure"
+                               " shift.", "Start it with `headstart serve MODEL --log-embeddings 1000` (image models).")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, lambda: embedding_log.report(permutations=permutations))
+        except DataError as error:
+            raise RequestError(409, "shift_unavailable", error.message, error.fix) from None
 
     @app.get("/metadata", summary="Labels, backbone, validation metrics and limits of the served model")
     async def get_metadata() -> dict[str, Any]:

@@ -32,6 +32,7 @@ __all__ = [
     "load_image_bytes",
     "load_image",
     "scan_image_folder",
+    "scan_unlabelled_images",
     "list_image_files",
     "load_image_dataset",
     "stratified_split",
@@ -325,6 +326,25 @@ def scan_image_folder(
             fix="Add images to those folders or remove the folders.",
         )
     return samples, skipped
+
+
+def scan_unlabelled_images(root: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                           role: str = "data") -> tuple[list[Path], list[SkippedFile]]:
+    """Every usable image under ``root`` (recursively, class folders or not), each decoded once; files that are not
+    images or cannot be decoded are returned as skipped.
+
+    Raises:
+        DataError: ``root`` is not a folder.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"The {role} folder {root} does not exist or is not a folder.",
+                        fix="Pass a folder of images (in any subfolders).")
+    files, skipped = list_image_files(root)
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        reasons = list(pool.map(lambda file: _check_file(file, max_pixels), files))
+    skipped = skipped + [SkippedFile(str(f), reason) for f, reason in zip(files, reasons) if reason is not None]
+    return [f for f, reason in zip(files, reasons) if reason is None], skipped
 
 
 def stratified_split(
