@@ -112,6 +112,41 @@ def test_information_maximization_prefers_confident_diverse_predictions() -> Non
     assert information_maximization(confident) > information_maximization(unsure)
 
 
+def test_mlp_head_bundle_round_trips_on_a_backbone_whose_pooled_width_differs_from_num_features(tmp_path: Path
+                                                                                                  ) -> None:
+    from headstart.backbones import Preprocessing, create_backbone, get_backbone_spec
+    from headstart.heads import set_classifier
+
+    model, _ = create_backbone("timm:mobilenetv3_small_050", 3, weights="random")
+    model.eval()
+    pooled = model.forward_head(model.forward_features(torch.zeros(1, 3, 64, 64)), pre_logits=True).shape[1]
+    assert pooled != model.num_features  # 1024 vs 288: the case a num_features-sized head would break
+    head = FeatureMLP(pooled, 3, hidden=16).eval()
+    set_classifier(model, head)
+    spec = get_backbone_spec("timm:mobilenetv3_small_050")
+    preprocessing = Preprocessing.from_dict({**spec.preprocessing().to_dict(), "input_size": 64})
+    classifier = ImageClassifier.from_frozen_model(
+        model, classes=["a", "b", "c"], preprocessing=preprocessing,
+        backbone_spec={"name": spec.name, "timm_id": spec.timm_id, "architecture": spec.architecture,
+                       "weights": "random"}, params={"backbone": "timm:mobilenetv3_small_050", "runtime": "torch"},
+        metrics=None, history=[], validation=None)
+    loaded = ImageClassifier.load(classifier.save(tmp_path / "model"))
+    assert isinstance(loaded.model_.get_classifier(), FeatureMLP)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model_(x), model(x), atol=1e-6)
+
+
+def test_set_classifier_refuses_models_with_two_classifier_layers() -> None:
+    import timm
+
+    from headstart.heads import set_classifier
+
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=3)
+    with pytest.raises(ParameterError, match="no single classifier"):
+        set_classifier(model, torch.nn.Linear(192, 3))
+
+
 # -- shift --------------------------------------------------------------------------------------------------------
 
 
@@ -131,6 +166,9 @@ def test_measure_shift_refuses_tiny_or_mismatched_sets() -> None:
         measure_shift(np.zeros((50, 3)), np.ones((50, 4)))
     with pytest.raises(ParameterError, match="permutations"):
         measure_shift(np.zeros((50, 3)), np.ones((50, 3)), permutations=5)
+    for options, name in (({"max_samples": 5}, "max_samples"), ({"seed": -1}, "seed")):
+        with pytest.raises(ParameterError, match=name):
+            measure_shift(np.zeros((50, 3)), np.ones((50, 3)), **options)
 
 
 def _subset(root: Path, out: Path, *, per_class: int, offset: int = 0, classes: tuple[str, ...] = CLASSES,
@@ -266,7 +304,7 @@ def test_adapter_refuses_bad_methods_weights_and_tiny_targets(office_pair: tuple
     few.mkdir()
     for file in sorted(target.rglob("*.jpg"))[:4]:
         (few / file.name).symlink_to(file.resolve())
-    with pytest.raises(DataError, match="4 usable images"):
+    with pytest.raises(DataError, match="4 distinct usable images"):
         _adapter().fit(source, few)
 
 
@@ -295,6 +333,8 @@ def test_cli_adapt_and_shift(office_pair: tuple[Path, Path], tmp_path: Path) -> 
 
 def test_service_logs_embeddings_and_reports_shift_on_request(tiny_image_bundle: Path) -> None:
     photos = sorted((SAMPLE / "val").rglob("*.jpg")) + sorted((SAMPLE / "test").rglob("*.jpg"))
+    with pytest.raises(ParameterError, match="log_embeddings"):
+        ServeConfig(bundle=str(tiny_image_bundle), log_embeddings=5).validate()
     off = TestClient(create_app(ServeConfig(bundle=str(tiny_image_bundle)), log=lambda _: None))
     assert off.get("/shift").json()["error"]["code"] == "shift_logging_off"
     with TestClient(create_app(ServeConfig(bundle=str(tiny_image_bundle), log_embeddings=50),

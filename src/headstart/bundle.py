@@ -174,7 +174,9 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
         else:
             model = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes)
             if head_config.get("kind") == "mlp":
-                model = set_classifier(model, FeatureMLP(model.num_features, len(config["classes"]),
+                # the pooled width (timm's head_hidden_size) differs from num_features for e.g. MobileNetV3, VGG
+                in_features = int(head_config.get("in_features", model.num_features))
+                model = set_classifier(model, FeatureMLP(in_features, len(config["classes"]),
                                                          hidden=int(head_config["hidden"]),
                                                          dropout=float(head_config.get("dropout", 0.5))))
         model.load_state_dict(load_tensors(weights_file))

@@ -258,6 +258,7 @@ class ImageClassifier(EstimatorBase):
         from headstart.train import process_rank, train_classifier
 
         self._validate_params()
+        self.adaptation_ = None  # a refit model is no longer an adapted one
         config = self._train_config()
         config.validate()
         if resume and out is None:

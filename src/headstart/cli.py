@@ -752,7 +752,11 @@ def adapt(
     (an ordinary bundle: predict / evaluate / export / serve) and a comparison of the methods to --out."""
     from headstart.adapt import DomainAdapter
 
-    run_dir = out or Path("runs") / f"adapt-{source.resolve().name}-{target.resolve().name}"
+    def name(folder: Path) -> str:  # Office-31 style <domain>/images: the domain names the run
+        folder = folder.resolve()
+        return folder.parent.name if folder.name in ("images", "train", "data") else folder.name
+
+    run_dir = out or Path("runs") / f"adapt-{name(source)}-{name(target)}"
     if (run_dir / "model").exists() and not overwrite:
         _fail(ParameterError(f"{run_dir} already holds a run.", fix="Pass --overwrite, or another --out."))
     try:
@@ -771,6 +775,8 @@ def shift(
     permutations: Annotated[int, typer.Option(help="Shuffles of the MMD permutation test.")] = 500,
     max_samples: Annotated[int, typer.Option(help="At most this many images per side (seeded subsample).")] = 1000,
     seed: Annotated[int, typer.Option(help="Subsampling, shuffles and folds.")] = 0,
+    runtime: Annotated[str, typer.Option(help="Embedding runtime: auto, openvino, onnxruntime or torch.")] = "auto",
+    cache_dir: Annotated[Optional[str], typer.Option(help="Feature store folder ('off' disables).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON to this file.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -781,7 +787,8 @@ def shift(
 
     try:
         report, described = shift_between(a, b, backbone=backbone, image_size=image_size, permutations=permutations,
-                                          max_samples=max_samples, seed=seed, progress=not quiet)
+                                          max_samples=max_samples, seed=seed, runtime=runtime, cache_dir=cache_dir,
+                                          progress=not quiet)
     except HeadstartError as error:
         _fail(error)
     console.print(f"{described['a']} ({described['images_a']} images) vs {described['b']} ({described['images_b']}"

@@ -190,18 +190,26 @@ class FeatureMLP(nn.Module):
         return self.classifier(self.features(pooled))
 
     def config(self) -> dict[str, Any]:
-        return {"kind": "mlp", "hidden": self.hidden, "dropout": self.dropout}
+        return {"kind": "mlp", "in_features": self.in_features, "hidden": self.hidden, "dropout": self.dropout}
 
 
 def set_classifier(model: nn.Module, head: nn.Module) -> nn.Module:
     """Put ``head`` where the timm ``model``'s classifier is (``pretrained_cfg['classifier']``, e.g. ``classifier``
     or ``fc`` or ``head.fc``), so ``model(x)`` and ``model.get_classifier()`` use it. Returns ``model``."""
-    name = str(model.pretrained_cfg.get("classifier", "classifier"))
-    parent = model
-    *path, last = name.split(".")
-    for part in path:
-        parent = getattr(parent, part)
-    setattr(parent, last, head)
+    from headstart.errors import ParameterError
+
+    name = model.pretrained_cfg.get("classifier", "classifier")
+    if isinstance(name, str):
+        parent = model
+        *path, last = name.split(".")
+        for part in path:
+            parent = getattr(parent, part)
+        setattr(parent, last, head)
+    if model.get_classifier() is not head:
+        raise ParameterError(
+            f"The {type(model).__name__} backbone has no single classifier layer to replace (timm names"
+            f" {name!r}), so a new head cannot be attached to it.",
+            fix="Choose a backbone with one classifier (e.g. efficientnet_lite0, resnet50, convnext_tiny).")
     return model
 
 

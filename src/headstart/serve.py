@@ -40,6 +40,7 @@ from headstart.predictor import Predictor, load_predictor, top_labels
 __all__ = ["ServeConfig", "MicroBatcher", "create_app", "prepare_backend", "run_server", "BACKENDS"]
 
 BACKENDS = ("auto", "onnxruntime", "torch")
+MAX_LOGGED_EMBEDDINGS = 100_000
 _FORMATS = {"image": "a JPEG, PNG, WebP, GIF, BMP or TIFF file", "audio": "a WAV, FLAC, OGG or MP3 file",
             "text": "a non-empty string"}
 ITEM_FIELDS = {"image": ("file", "files", "image", "images"), "audio": ("file", "files", "audio"),
@@ -97,9 +98,12 @@ class ServeConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ParameterError(f"The '{name}' option of serve must be a positive number. Got {value!r}.",
                                      fix=f"Pass --{name.replace('_', '-')} with a value > 0.")
-        if not isinstance(self.log_embeddings, int) or isinstance(self.log_embeddings, bool) or self.log_embeddings < 0:
-            raise ParameterError(f"The 'log_embeddings' option must be an integer >= 0. Got {self.log_embeddings!r}.",
-                                 fix="Pass --log-embeddings 1000 to keep the last 1000 images' embeddings (0: off).")
+        if (not isinstance(self.log_embeddings, int) or isinstance(self.log_embeddings, bool)
+                or not (self.log_embeddings == 0 or 10 <= self.log_embeddings <= MAX_LOGGED_EMBEDDINGS)):
+            raise ParameterError(
+                f"The 'log_embeddings' option must be 0 (off) or an integer in [10, {MAX_LOGGED_EMBEDDINGS}] (the"
+                f" shift statistic needs 10 images; each kept embedding takes a few KB). Got {self.log_embeddings!r}.",
+                fix="Pass --log-embeddings 1000 to keep the last 1000 images' embeddings (0: off).")
         if not isinstance(self.batch_window_ms, (int, float)) or self.batch_window_ms < 0:
             raise ParameterError(f"The 'batch_window_ms' option must be >= 0. Got {self.batch_window_ms!r}.",
                                  fix="Pass --batch-window-ms 4 (or 0 to never wait).")
@@ -478,7 +482,10 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
         arrays = predictor.collate(decoded)
         probabilities = predictor.run(arrays)
         if embedding_log is not None:
-            embedding_log.add(arrays)
+            try:
+                embedding_log.add(arrays)
+            except Exception as error:  # noqa: BLE001 - monitoring must never fail a prediction
+                log(f"Warning: embedding for /shift failed ({type(error).__name__}: {error}); prediction unaffected.")
         return probabilities
 
     batcher = MicroBatcher(run_batch, max_batch=config.max_batch,
@@ -648,6 +655,11 @@ def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000
 
     config.validate()
     predictor = load_predictor(config.bundle, max_image_pixels=config.max_image_pixels)
+    if config.log_embeddings and workers > 1:
+        raise ParameterError(f"--log-embeddings keeps the embeddings inside one process; with {workers} workers each"
+                             " would answer /shift from its own share of the requests.",
+                             fix="Use --workers 1 with --log-embeddings, or turn the logging off.")
+    _embedding_log(predictor, config)  # refuses non-image models before any worker starts
     config.backend = prepare_backend(predictor, config)
     if config.backend == "onnxruntime":
         config.export_dir = str(predictor.backend.path.parent)  # type: ignore[union-attr]

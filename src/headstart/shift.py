@@ -32,7 +32,7 @@ import numpy as np
 
 from headstart.errors import DataError, ParameterError
 
-__all__ = ["SEVERE_PAD", "ShiftReport", "measure_shift", "mmd_permutation_test", "proxy_a_distance",
+__all__ = ["SEVERE_PAD", "ShiftReport", "check_shift_options", "measure_shift", "mmd_permutation_test", "proxy_a_distance",
            "shift_verdict", "shift_between", "embed_images", "EmbeddingLog"]
 
 SEVERE_PAD = 1.8  # domain-classifier accuracy 95%
@@ -149,6 +149,21 @@ def shift_verdict(p_value: float, pad: float, *, alpha: float = ALPHA) -> tuple[
                             " accuracy. Adapt with `headstart adapt` and label some images of the new domain.")
 
 
+def check_shift_options(*, permutations: int, max_samples: int, seed: int, image_size: int | None = None) -> None:
+    """Refuse option values :func:`measure_shift` / :func:`shift_between` cannot use (CLI names in the fix)."""
+    checks = (("permutations", permutations, 19, "at least 19 shuffles (p-values below 0.05 need them); 500 is the"
+                                                 " default"),
+              ("max_samples", max_samples, 10, "at least 10 images per side; 1000 is the default"),
+              ("seed", seed, 0, "a non-negative integer"))
+    for name, value, low, fix in checks:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ParameterError(f"The '{name}' option of shift must be an integer >= {low}. Got {value!r}.",
+                                 fix=f"Pass --{name.replace('_', '-')} as {fix}.")
+    if image_size is not None and (not isinstance(image_size, int) or not 32 <= image_size <= 1024):
+        raise ParameterError(f"The 'image_size' option of shift must be an integer in [32, 1024]. Got {image_size!r}.",
+                             fix="Pass --image-size 224 (or leave it unset for the backbone's own size).")
+
+
 def measure_shift(a: np.ndarray, b: np.ndarray, *, permutations: int = 500, max_samples: int = 1000,
                   seed: int = 0) -> ShiftReport:
     """MMD permutation test + proxy A-distance + verdict between two embedding sets (rows are images).
@@ -162,9 +177,7 @@ def measure_shift(a: np.ndarray, b: np.ndarray, *, permutations: int = 500, max_
     Raises:
         ParameterError: arrays of different widths; DataError: fewer than 10 rows on a side.
     """
-    if not isinstance(permutations, int) or permutations < 19:
-        raise ParameterError(f"The 'permutations' parameter must be an integer >= 19. Got {permutations!r}.",
-                             fix="Use at least 19 shuffles (p-values below 0.05 need them); 500 is the default.")
+    check_shift_options(permutations=permutations, max_samples=max_samples, seed=seed)
     a, b = _check(a, b)
     rng = np.random.default_rng(seed)
     a, b = _subsample(a, max_samples, rng), _subsample(b, max_samples, rng)
@@ -229,7 +242,15 @@ def shift_between(a: str | os.PathLike[str], b: str | os.PathLike[str], *, backb
     from headstart.bundle import load_bundle
     from headstart.data.images import scan_unlabelled_images
 
+    from headstart.errors import check_choice
+    from headstart.features import RUNTIMES
+
+    check_shift_options(permutations=permutations, max_samples=max_samples, seed=seed, image_size=image_size)
+    check_choice("shift", "runtime", runtime, RUNTIMES)
     a, b = Path(a).expanduser(), Path(b).expanduser()
+    if _is_bundle(b):
+        raise ParameterError(f"{b} is a model folder; the second set must be a folder of images.",
+                             fix="Pass the model folder first (A) and the new images second (B).")
     skipped: list[Any] = []
     if _is_bundle(a):
         if backbone is not None or image_size is not None:
@@ -288,9 +309,11 @@ class EmbeddingLog:
         self._reference: np.ndarray | None = None
         self._rows: deque[np.ndarray] = deque(maxlen=window)
         self._lock = threading.Lock()
+        self._reference_lock = threading.Lock()
         self.total = 0
 
     def add(self, inputs: Any) -> None:
+        """Embed and log a batch of prepared inputs (the caller decides what an embedding failure means)."""
         rows = np.asarray(self.embed(inputs), dtype=np.float32)
         with self._lock:
             self._rows.extend(rows)
@@ -311,7 +334,9 @@ class EmbeddingLog:
             raise DataError(f"Only {len(logged)} images have been logged since the service started; the shift"
                             " statistic needs at least 10.", fix="Ask again after more predictions.")
         if self._reference is None:
-            self._reference = np.asarray(self._reference_factory(), dtype=np.float32)
+            with self._reference_lock:  # embed the reference once, even when two requests ask at the same time
+                if self._reference is None:
+                    self._reference = np.asarray(self._reference_factory(), dtype=np.float32)
         report = measure_shift(self._reference, logged, permutations=permutations, seed=seed)
         return {**report.to_dict(), "logged_images": len(logged), "window": self.window,
                 "predicted_since_start": self.total, "reference_images": len(self._reference)}

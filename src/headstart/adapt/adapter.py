@@ -32,10 +32,10 @@ from headstart.backbones import DEFAULT_BACKBONE, Preprocessing, get_backbone_sp
 from headstart.bundle import validation_reference
 from headstart.classifier import ImageClassifier, frozen_feature_size
 from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, SkippedFile, scan_image_folder, scan_unlabelled_images
-from headstart.errors import DataError, NotFittedError, ParameterError
+from headstart.errors import DataError, NotFittedError, ParameterError, check_choice
 from headstart.estimator import EstimatorBase
 from headstart.evaluate import classification_metrics
-from headstart.features import FeatureExtractor, FeatureStore, file_digest
+from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, file_digest
 from headstart.heads import set_classifier
 from headstart.plots import plot_confusion_matrix, plot_method_comparison
 from headstart.reporting import print_skipped
@@ -134,6 +134,9 @@ class DomainAdapter(EstimatorBase):
             raise self._bad("image_size", "an integer in [32, 1024] or None")
         if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
             raise self._bad("n_bootstrap", "a non-negative integer")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise self._bad("seed", "a non-negative integer")
+        check_choice("DomainAdapter", "runtime", self.runtime, RUNTIMES)
         return methods
 
     def _check_fitted(self, method: str) -> None:
@@ -148,14 +151,14 @@ class DomainAdapter(EstimatorBase):
         """Usable target images ordered by content digest, what was skipped, and labels of the images that sit in
         folders named like source classes (evaluation only)."""
         paths, skipped = scan_unlabelled_images(target, max_pixels=self.max_image_pixels, role="target")
-        if len(paths) < MIN_TARGET_IMAGES:
-            raise DataError(f"The target folder {target} has {len(paths)} usable images; adaptation needs at least"
-                            f" {MIN_TARGET_IMAGES} (a few hundred is typical).",
-                            fix="Point --target at the folder of unlabelled images from the new domain.")
         by_digest: dict[bytes, Path] = {}
         for path in paths:
             by_digest.setdefault(file_digest(path), path)  # identical files count once
         ordered = [by_digest[d] for d in sorted(by_digest)]
+        if len(ordered) < MIN_TARGET_IMAGES:
+            raise DataError(f"The target folder {target} has {len(ordered)} distinct usable images; adaptation needs"
+                            f" at least {MIN_TARGET_IMAGES} (a few hundred is typical).",
+                            fix="Point --target at the folder of unlabelled images from the new domain.")
         labels: dict[Path, int] = {}
         index = {name: i for i, name in enumerate(classes)}
         for path in ordered:
@@ -257,6 +260,7 @@ class DomainAdapter(EstimatorBase):
             params={"backbone": self.backbone, "strategy": "linear_probe", "weights": str(self.weights),
                     "image_size": size, "seed": self.seed, "runtime": self.runtime, "batch_size": self.batch_size,
                     "cache_dir": None if self.cache_dir is None else str(self.cache_dir), "calibrate": False,
+                    "max_image_pixels": self.max_image_pixels, "num_workers": self.num_workers,
                     "progress": self.progress},
             metrics=None if evaluation.get(chosen) is None else {**evaluation[chosen], "split": "target"},
             history=results[chosen].history,
@@ -330,6 +334,8 @@ class DomainAdapter(EstimatorBase):
         if chosen is not None:
             plot_confusion_matrix(chosen["confusion_matrix"], run_dir / "confusion_matrix.png", classes=self.classes_,
                                   title=f"Confusion matrix (target, {self.method_})")
+        else:
+            (run_dir / "confusion_matrix.png").unlink(missing_ok=True)  # an earlier run's, in an overwritten folder
         lines = [f"headstart adapt run {run_dir}", f"source {self.data_['source']} ({self.data_['source_images']}"
                  f" images) -> target {self.data_['target']} ({self.data_['target_images']} images,"
                  f" {self.data_['target_labelled']} labelled for evaluation only)",
@@ -342,7 +348,7 @@ class DomainAdapter(EstimatorBase):
         lines += [f"  {s['path']}: {s['reason']}" for s in self.data_["skipped"]]
         atomic_write_text(run_dir / "summary.txt", "\n".join(lines) + "\n")
         console.print(f"\nModel: {model_dir}\nRun folder: {run_dir} (config.json, data.json, metrics.json,"
-                      " history.json, comparison.png, confusion_matrix.png, summary.txt)")
+                      " history.json, comparison.png, " + ("confusion_matrix.png, " if chosen else "") + "summary.txt)")
 
     # -- the adapted model --------------------------------------------------------------------------------------
     def predict_proba(self, images: Sequence[str | os.PathLike[str]]) -> np.ndarray:
