@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from headstart.adapt.adversarial import fit_cdan, fit_dann
@@ -229,14 +230,18 @@ class DomainAdapter(EstimatorBase):
         # source-only first: its cross-validated penalty is reused by the linear methods
         order = ["source_only"] + [m for m in methods if m != "source_only"]
         l2 = 0.0
-        for name in order:
-            if name not in methods and name != "source_only":
-                continue
-            console.print(f"[bold]{name}[/bold] ...", highlight=False)
-            results[name] = METHODS[name](data, l2, self.seed, self.steps)
-            if name == "source_only":
-                l2 = float(results[name].params["l2"])
-        results = {name: results[name] for name in order if name in methods or name == "source_only"}
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console, transient=True, disable=not self.progress)
+        with bar:
+            task = bar.add_task("adapting", total=len(order))
+            for name in order:
+                bar.update(task, description=f"adapting: {name}")
+                results[name] = METHODS[name](data, l2, self.seed, self.steps)
+                if name == "source_only":
+                    l2 = float(results[name].params["l2"])
+                console.print(f"{name}: target IM score {results[name].score:.3f} ({results[name].seconds:.1f}s)",
+                              highlight=False)
+                bar.advance(task)
         chosen = max((name for name in methods), key=lambda name: results[name].score)
 
         # Target labels are read only now, after every method has been fitted and chosen.
