@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from headstart.errors import DataError, HeadstartError, ParameterError
+from headstart.errors import HeadstartError, ParameterError
 from headstart.predictor import Predictor, load_predictor, top_labels
 
 __all__ = ["ServeConfig", "MicroBatcher", "create_app", "prepare_backend", "run_server", "BACKENDS"]
@@ -523,7 +523,7 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return error_response(RequestError(error.status_code, code, str(error.detail),
-                                           "Endpoints: POST /predict, GET /health, GET /metadata, GET /, GET /docs."))
+                                           "Endpoints: POST /predict, GET /health, GET /metadata, GET /shift, GET /, GET /docs."))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, error: Exception) -> JSONResponse:
@@ -594,7 +594,7 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(None, lambda: embedding_log.report(permutations=permutations))
-        except DataError as error:
+        except HeadstartError as error:  # too few logged images, reference images missing or unreadable
             raise RequestError(409, "shift_unavailable", error.message, error.fix) from None
 
     @app.get("/metadata", summary="Labels, backbone, validation metrics and limits of the served model")
