@@ -147,10 +147,8 @@ class DomainAdapter(EstimatorBase):
                                      " saved adapted model.")
 
     # -- data ---------------------------------------------------------------------------------------------------
-    def _read_target(self, target: Path, classes: list[str], console: Console
-                     ) -> tuple[list[Path], list[SkippedFile], dict[Path, int]]:
-        """Usable target images ordered by content digest, what was skipped, and labels of the images that sit in
-        folders named like source classes (evaluation only)."""
+    def _read_target(self, target: Path, console: Console) -> tuple[list[Path], list[SkippedFile]]:
+        """Usable target images ordered by content digest (not by folder, so not by label), and what was skipped."""
         paths, skipped = scan_unlabelled_images(target, max_pixels=self.max_image_pixels, role="target")
         by_digest: dict[bytes, Path] = {}
         for path in paths:
@@ -160,16 +158,20 @@ class DomainAdapter(EstimatorBase):
             raise DataError(f"The target folder {target} has {len(ordered)} distinct usable images; adaptation needs"
                             f" at least {MIN_TARGET_IMAGES} (a few hundred is typical).",
                             fix="Point --target at the folder of unlabelled images from the new domain.")
-        labels: dict[Path, int] = {}
+        console.print(f"[bold]Target[/bold] {target}: {len(ordered)} images, used without labels.", highlight=False)
+        return ordered, skipped
+
+    @staticmethod
+    def _target_labels(target: Path, paths: list[Path], classes: list[str]) -> dict[Path, int]:
+        """Labels of the target images that sit in folders named like source classes: read after fitting, for the
+        report only."""
         index = {name: i for i, name in enumerate(classes)}
-        for path in ordered:
+        labels: dict[Path, int] = {}
+        for path in paths:
             relative = path.relative_to(target)
             if len(relative.parts) >= 2 and relative.parts[0] in index:
                 labels[path] = index[relative.parts[0]]
-        console.print(f"[bold]Target[/bold] {target}: {len(ordered)} images used without labels"
-                      + (f"; {len(labels)} in class folders, used only to report target metrics" if labels else
-                         " (no class folders: no target metrics)") + ".", highlight=False)
-        return ordered, skipped, labels
+        return labels
 
     # -- training -----------------------------------------------------------------------------------------------
     def fit(self, source: str | os.PathLike[str], target: str | os.PathLike[str], *,
@@ -200,7 +202,7 @@ class DomainAdapter(EstimatorBase):
         classes = samples.classes
         console.print(f"[bold]Source[/bold] {source}: {len(samples)} labelled images, {len(classes)} classes.",
                       highlight=False)
-        target_paths, target_skipped, target_labels = self._read_target(target, classes, console)
+        target_paths, target_skipped = self._read_target(target, console)
         print_skipped(console, source_skipped + target_skipped)
 
         spec = get_backbone_spec(self.backbone)
@@ -245,6 +247,10 @@ class DomainAdapter(EstimatorBase):
         chosen = max((name for name in methods), key=lambda name: results[name].score)
 
         # Target labels are read only now, after every method has been fitted and chosen.
+        target_labels = self._target_labels(target, target_paths, classes)
+        console.print(f"Target labels: {len(target_labels)} images in class folders, scored for the report only."
+                      if target_labels else "Target labels: none (no class folders named like the source classes).",
+                      highlight=False)
         evaluation = self._evaluate_methods(results, data, target_paths, target_labels, classes)
         set_classifier(model, results[chosen].module)
         self.classes_ = classes
