@@ -35,9 +35,34 @@ HARD = ("A-W", "A-D", "D-A", "W-A")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation; None when either side is constant (undefined)."""
     from scipy.stats import spearmanr
 
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return None
     return float(spearmanr(a, b).statistic)
+
+
+def checkpoint_tracking(adapter: object, classes: list[str]) -> dict:
+    """For each method with several scored checkpoints (mmd, dann, cdan: every 250 steps; self_training: each
+    round), target accuracy at the checkpoint IM chose, at the last one, and at the best one (an oracle), plus the
+    Spearman correlation of IM with accuracy over the checkpoints. Accuracy here is of the view-mean prediction
+    that IM scores; labels come from the target's class folders."""
+    labels = np.array([classes.index(p.parent.name) for p in adapter.target_paths_])
+    tracking = {}
+    for name, head in adapter.heads_.items():
+        if len(head.checkpoint_predictions) < 2:
+            continue
+        accuracy = [float((p == labels).mean()) for p in head.checkpoint_predictions]
+        scores = [row["target_im"] for row in head.history]
+        if name == "self_training":
+            chosen = len(accuracy) - 1  # the fixed schedule ends at the last round
+        else:
+            chosen = int(np.argmax(scores))
+        tracking[name] = {"accuracy_chosen": accuracy[chosen], "accuracy_last": accuracy[-1],
+                          "accuracy_best": max(accuracy), "spearman": spearman(scores, accuracy),
+                          "accuracy": [round(a, 4) for a in accuracy], "im": scores}
+    return tracking
 
 
 def main() -> None:
@@ -67,17 +92,18 @@ def main() -> None:
                 "im_vs_accuracy_spearman": spearman(list(scores.values()), list(accuracy.values())),
                 "methods": {row["method"]: {k: row[k] for k in ("accuracy", "accuracy_ci", "macro_f1", "im_score",
                                                                 "seconds")} for row in rows},
-                "wall_seconds": round(seconds, 1)}
+                "wall_seconds": round(seconds, 1),
+                "checkpoints": checkpoint_tracking(adapter, adapter.classes_)}
             line = "  ".join(f"{m} {a:.3f}" for m, a in accuracy.items())
             print(f"{task}: {line}  | selected {adapter.method_} {accuracy[adapter.method_]:.3f}"
-                  f"  (IM/accuracy Spearman {results['tasks'][task]['im_vs_accuracy_spearman']:+.2f}) {seconds:.0f}s",
+                  f"  (IM/accuracy Spearman {results['tasks'][task]['im_vs_accuracy_spearman']}) {seconds:.0f}s",
                   flush=True)
     methods = list(next(iter(results["tasks"].values()))["methods"])
     means = {m: float(np.mean([t["methods"][m]["accuracy"] for t in results["tasks"].values()])) for m in methods}
     means["selected (IM)"] = float(np.mean([t["selected_accuracy"] for t in results["tasks"].values()]))
     results["mean_accuracy"] = {k: round(v, 4) for k, v in means.items()}
     results["mean_im_vs_accuracy_spearman"] = round(float(np.mean(
-        [t["im_vs_accuracy_spearman"] for t in results["tasks"].values()])), 3)
+        [t["im_vs_accuracy_spearman"] for t in results["tasks"].values() if t["im_vs_accuracy_spearman"] is not None])), 3)
     results["mean_regret"] = round(float(np.mean([t["regret"] for t in results["tasks"].values()])), 4)
     print("\nmean target accuracy over " + ", ".join(tasks) + ":")
     for name, value in means.items():
@@ -95,6 +121,15 @@ def main() -> None:
           f" best single method {best_fixed} {means[best_fixed]:.4f}; hard tasks above source-only: {above}")
     print(f"IM score vs true accuracy across methods: mean Spearman {results['mean_im_vs_accuracy_spearman']:+.3f},"
           f" mean regret {results['mean_regret']:.4f}")
+    print("within each method (checkpoints / rounds): accuracy at the IM-chosen checkpoint, last, best; Spearman IM-acc")
+    for name in ("mmd", "dann", "cdan", "self_training"):
+        rows = [t["checkpoints"][name] for t in results["tasks"].values() if name in t["checkpoints"]]
+        if rows:
+            summary = {key: round(float(np.mean([r[key] for r in rows if r[key] is not None])), 4)
+                       for key in ("accuracy_chosen", "accuracy_last", "accuracy_best", "spearman")}
+            results.setdefault("checkpoint_tracking", {})[name] = summary
+            print(f"  {name:<14} chosen {summary['accuracy_chosen']:.4f}  last {summary['accuracy_last']:.4f}"
+                  f"  best {summary['accuracy_best']:.4f}  Spearman {summary['spearman']:+.3f}")
     write_results(args.json, results)
 
 

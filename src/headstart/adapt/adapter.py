@@ -187,7 +187,9 @@ class DomainAdapter(EstimatorBase):
 
         Returns:
             self, with ``classifier_`` (an :class:`~headstart.ImageClassifier`), ``method_`` (the chosen method),
-            ``results_`` (per-method scores and target metrics), ``classes_``.
+            ``results_`` (per-method scores and target metrics), ``heads_`` (each method's
+            :class:`~headstart.adapt.AdaptedHead`), ``target_paths_`` (target images in the order the heads saw
+            them), ``classes_``.
 
         Raises:
             ParameterError, DataError, WeightsNotFoundError.
@@ -255,6 +257,8 @@ class DomainAdapter(EstimatorBase):
         set_classifier(model, results[chosen].module)
         self.classes_ = classes
         self.method_ = chosen
+        self.heads_ = results  # every method's AdaptedHead (modules, histories, checkpoint predictions)
+        self.target_paths_ = target_paths  # the order of the target rows in the heads' predictions
         self.results_ = {name: {"im_score": result.score, "seconds": round(result.seconds, 2),
                                 "params": result.params, "target": evaluation.get(name)}
                          for name, result in results.items()}

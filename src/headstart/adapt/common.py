@@ -63,6 +63,9 @@ class AdaptedHead:
     params: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    # the predicted target class of every image at each scored checkpoint / round (rows follow ``history``), so a
+    # benchmark holding the target labels can see how well the IM score chose among them
+    checkpoint_predictions: list[np.ndarray] = field(default_factory=list)
 
 
 def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -130,7 +133,7 @@ def train_bottleneck(data: DomainFeatures, alignment: AlignmentLoss, *, method: 
     net.set_standardization(source[0].mean(0), source[0].std(0))
     modules = nn.ModuleList([net] + ([extra] if extra is not None else []))
     optimizer = torch.optim.SGD(modules.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    best_state, best_score, best_step, history = None, -math.inf, 0, []
+    best_state, best_score, best_step, history, predictions = None, -math.inf, 0, [], []
     for step in range(steps):
         progress = step / steps
         for group in optimizer.param_groups:
@@ -149,7 +152,9 @@ def train_bottleneck(data: DomainFeatures, alignment: AlignmentLoss, *, method: 
         loss, align = loss.detach(), align.detach()
         optimizer.step()
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            score = information_maximization(target_probabilities(net, data.target))
+            probabilities = target_probabilities(net, data.target)
+            score = information_maximization(probabilities)
+            predictions.append(probabilities.argmax(1))
             history.append({"step": step + 1, "source_loss": round(loss.item(), 4),
                             "alignment_loss": round(align.item(), 4), "target_im": round(score, 4)})
             if score > best_score:
@@ -158,5 +163,6 @@ def train_bottleneck(data: DomainFeatures, alignment: AlignmentLoss, *, method: 
     assert best_state is not None  # at least one evaluation runs (the last step)
     net.load_state_dict(best_state)
     return AdaptedHead(method=method, module=net.eval(), score=best_score, history=history,
+                       checkpoint_predictions=predictions,
                        params={"steps": steps, "best_step": best_step, "batch_size": batch_size, "lr": lr,
                                "hidden": hidden, "selection": "checkpoint with the highest target IM score"})

@@ -79,6 +79,7 @@ def fit_self_training(data: DomainFeatures, *, l2: float, seed: int = 0, shares:
     module = solve(source, source_labels)
     probabilities = target_probabilities(module, data.target)
     history = [{"round": 0, "pseudo_labelled": 0, "target_im": round(information_maximization(probabilities), 4)}]
+    predictions = [probabilities.argmax(1)]
     for round_index, share in enumerate(shares, start=1):
         kept = confident_pseudo_labels(probabilities, target_mean, share)
         pseudo = probabilities.argmax(1)[kept]
@@ -88,6 +89,8 @@ def fit_self_training(data: DomainFeatures, *, l2: float, seed: int = 0, shares:
         probabilities = target_probabilities(module, data.target)
         history.append({"round": round_index, "share": share, "pseudo_labelled": int(len(kept)),
                         "target_im": round(information_maximization(probabilities), 4)})
+        predictions.append(probabilities.argmax(1))
     return AdaptedHead(method="self_training", module=module, score=information_maximization(probabilities),
                        params={"l2": l2, "shares": list(shares), "start": "coral"}, history=history,
+                       checkpoint_predictions=predictions,
                        seconds=time.perf_counter() - started)
