@@ -242,6 +242,11 @@ def test_every_method_runs_end_to_end_on_office31_and_metrics_name_each(office_p
     for name in METHODS:
         assert 0.0 <= metrics[name]["accuracy"]["value"] <= 1.0 and len(metrics[name]["confusion_matrix"]) == 5
     assert metrics["target_labelled"] == 30
+    assert len(adapter.target_paths_) == 30
+    for name in ("dann", "self_training"):  # one prediction row per scored checkpoint / round, for the benchmark
+        head = adapter.heads_[name]
+        assert len(head.checkpoint_predictions) == len(head.history) >= 2
+        assert all(p.shape == (30,) for p in head.checkpoint_predictions)
     assert adapter.results_[adapter.method_]["im_score"] == max(r["im_score"] for r in adapter.results_.values())
     for name in ("config.json", "data.json", "history.json", "comparison.png", "confusion_matrix.png", "summary.txt"):
         assert (tmp_path / "run" / name).is_file(), name
