@@ -245,7 +245,7 @@ def test_every_method_runs_end_to_end_on_office31_and_metrics_name_each(office_p
     assert len(adapter.target_paths_) == 30
     for name in ("dann", "self_training"):  # one prediction row per scored checkpoint / round, for the benchmark
         head = adapter.heads_[name]
-        assert len(head.checkpoint_predictions) == len(head.history) >= 2
+        assert len(head.checkpoint_predictions) == len(head.history) >= (5 if name == "self_training" else 1)
         assert all(p.shape == (30,) for p in head.checkpoint_predictions)
     assert adapter.results_[adapter.method_]["im_score"] == max(r["im_score"] for r in adapter.results_.values())
     for name in ("config.json", "data.json", "history.json", "comparison.png", "confusion_matrix.png", "summary.txt"):
