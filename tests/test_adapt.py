@@ -99,9 +99,17 @@ def test_pseudo_labels_are_class_balanced_and_grow_with_the_share() -> None:
     features = np.concatenate([rng.normal(0, 0.1, (30, 4)) + np.eye(4)[c] for c in range(3)])
     probabilities = np.repeat(np.eye(3), 30, axis=0) * 0.7 + 0.1
     probabilities[:, :] += rng.uniform(0, 0.01, probabilities.shape)
-    few, many = (confident_pseudo_labels(probabilities, features, share) for share in (0.2, 1.0))
+    (few, few_labels), (many, _) = (confident_pseudo_labels(probabilities, features, share) for share in (0.2, 1.0))
     assert len(few) == 18 and len(many) == 90  # 20% / 100% of each of the three classes
-    assert np.bincount(probabilities.argmax(1)[few]).tolist() == [6, 6, 6]
+    assert np.bincount(few_labels).tolist() == [6, 6, 6]
+    assert np.array_equal(few_labels, probabilities.argmax(1)[few])
+    # a classifier that disagrees with the clusters on class 2: "agree" drops those images, "centroid" relabels them
+    wrong = probabilities.copy()
+    wrong[60:70, 1:] = wrong[60:70, ::-1][:, :2]  # ten images of class 2 predicted as class 1
+    agreed, _ = confident_pseudo_labels(wrong, features, 1.0, rule="agree")
+    relabelled, centroid = confident_pseudo_labels(wrong, features, 1.0, rule="centroid")
+    assert len(agreed) == 80 and not set(range(60, 70)) & set(agreed.tolist())
+    assert len(relabelled) == 90 and centroid[60:70].tolist() == [2] * 10
 
 
 def test_information_maximization_prefers_confident_diverse_predictions() -> None:

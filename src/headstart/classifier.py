@@ -30,7 +30,7 @@ from headstart.data.images import (
     SkippedFile,
     scan_image_folder,
 )
-from headstart.errors import DataError, NotFittedError, ParameterError, check_choice
+from headstart.errors import DataError, ParameterError, check_choice
 from headstart.estimator import EstimatorBase
 from headstart.evaluate import classification_metrics, format_summary
 from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, view_names
@@ -112,6 +112,8 @@ class ImageClassifier(EstimatorBase):
         progress: show progress bars and per-epoch lines.
     """
 
+    _fitted_attribute = "model_"
+
     def __init__(
         self,
         backbone: str = DEFAULT_BACKBONE,
@@ -174,13 +176,6 @@ class ImageClassifier(EstimatorBase):
         self.progress = progress
 
     # -- scikit-learn conventions -------------------------------------------------------------------------
-    def _check_fitted(self, method: str) -> None:
-        if not hasattr(self, "model_"):
-            raise NotFittedError(
-                f"This ImageClassifier is not fitted yet, so {method}() cannot run.",
-                fix="Call fit(DATA) first, or ImageClassifier.load(MODEL_FOLDER) to use a saved model.",
-            )
-
     def _validate_params(self) -> None:
         def bad(name: str, expected: str) -> ParameterError:
             return ParameterError(

@@ -7,6 +7,7 @@ Each error says what was expected, what was found, and how to fix it. The CLI pr
 from __future__ import annotations
 
 __all__ = [
+    "check_integer",
     "HeadstartError",
     "ParameterError",
     "DataError",
@@ -76,3 +77,24 @@ def check_choice(owner: str, name: str, value: object, choices: "set[str] | list
             f"The '{name}' parameter of {owner} must be one of {sorted(choices)}. Got {value!r}.",
             fix=f"Did you mean {close[0]!r}?" if close else f"Use one of {sorted(choices)}.",
         )
+
+
+def check_integer(owner: str, name: str, value: object, *, low: int, high: int | None = None,
+                  optional: bool = False) -> None:
+    """Raise :class:`ParameterError` unless ``value`` is an integer in ``[low, high]`` (``None`` too if ``optional``).
+
+    >>> check_integer("shift", "permutations", 500, low=19)
+    >>> check_integer("shift", "image_size", 0, low=32, high=1024, optional=True)
+    Traceback (most recent call last):
+    ...
+    headstart.errors.ParameterError: The 'image_size' parameter of shift must be an integer in [32, 1024] or None. Got 0.
+    Fix: Pass image_size (CLI: --image-size) as an integer in [32, 1024], or leave it unset for the default.
+    """
+    if optional and value is None:
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high):
+        return
+    expected = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+    raise ParameterError(
+        f"The '{name}' parameter of {owner} must be {expected}{' or None' if optional else ''}. Got {value!r}.",
+        fix=f"Pass {name} (CLI: --{name.replace('_', '-')}) as {expected}, or leave it unset for the default.")

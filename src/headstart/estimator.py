@@ -14,6 +14,9 @@ __all__ = ["EstimatorBase"]
 class EstimatorBase:
     """``get_params()`` returns the constructor arguments; ``repr`` shows the backbone and what was changed."""
 
+    _fitted_attribute = "net_"  # set by fit / load; its absence means "not fitted"
+    _unfitted_fix = "Call fit(DATA) first, or {name}.load(MODEL_FOLDER) to use a saved model."
+
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments, as given."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
@@ -25,11 +28,11 @@ class EstimatorBase:
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def _check_fitted(self, method: str) -> None:
-        """Raise :class:`NotFittedError` unless ``fit`` or ``load`` has run (``net_`` is set)."""
-        if not hasattr(self, "net_"):
+        """Raise :class:`NotFittedError` unless ``fit`` or ``load`` has run (``_fitted_attribute`` is set)."""
+        if not hasattr(self, self._fitted_attribute):
             raise NotFittedError(
                 f"This {type(self).__name__} is not fitted yet, so {method}() cannot run.",
-                fix=f"Call fit(DATA) first, or {type(self).__name__}.load(MODEL_FOLDER) to use a saved model.")
+                fix=self._unfitted_fix.format(name=type(self).__name__))
 
     def _bad(self, name: str, expected: str) -> ParameterError:
         """The error for parameter ``name`` that is not ``expected``."""

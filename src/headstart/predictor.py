@@ -249,15 +249,6 @@ class Predictor:
         with torch.inference_mode():
             return self._pooled(torch.from_numpy(arrays["images"])).float().numpy()
 
-    def embed_files(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 32) -> np.ndarray:
-        """:meth:`embed` of image files, in batches."""
-        rows = []
-        for start in range(0, len(paths), batch_size):
-            items = self.read_inputs(paths[start:start + batch_size])
-            rows.append(self.embed(self.collate([self.decode(item, name=str(p)) for item, p in
-                                                 zip(items, paths[start:start + batch_size])])))
-        return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
-
     def read_inputs(self, paths_or_texts: Sequence[str | os.PathLike[str]]) -> list[bytes | str]:
         """Raw items from files (images, audio) or the texts themselves (text models)."""
         if self.task == "text":

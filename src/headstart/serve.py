@@ -450,15 +450,18 @@ def _embedding_log(predictor: Predictor, config: ServeConfig) -> Any:
     """The service's :class:`~headstart.shift.EmbeddingLog` when ``--log-embeddings`` is on (image models)."""
     if not config.log_embeddings:
         return None
-    from headstart.shift import EmbeddingLog, bundle_reference_images
+    from headstart.shift import EmbeddingLog, bundle_reference_images, embed_images
 
     if predictor.task != "image":
         raise ParameterError(f"--log-embeddings measures shift on image embeddings; this is a {predictor.task} model.",
                              fix="Leave --log-embeddings at 0 for text and audio models.")
 
     def reference() -> np.ndarray:
-        paths = bundle_reference_images(config.bundle, predictor.bundle.validation)
-        return predictor.embed_files(paths)
+        # the same torch module as the logged embeddings; in-process (no decoding workers), nothing cached
+        bundle = predictor.bundle
+        return embed_images(bundle_reference_images(config.bundle, bundle.validation), bundle.model,
+                            bundle.preprocessing, bundle.config["architecture"], runtime="torch", cache_dir="off",
+                            num_workers=0)
 
     return EmbeddingLog(config.log_embeddings, embed=predictor.embed, reference=reference)
 

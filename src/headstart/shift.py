@@ -150,18 +150,14 @@ def shift_verdict(p_value: float, pad: float, *, alpha: float = ALPHA) -> tuple[
 
 
 def check_shift_options(*, permutations: int, max_samples: int, seed: int, image_size: int | None = None) -> None:
-    """Refuse option values :func:`measure_shift` / :func:`shift_between` cannot use (CLI names in the fix)."""
-    checks = (("permutations", permutations, 19, "at least 19 shuffles (p-values below 0.05 need them); 500 is the"
-                                                 " default"),
-              ("max_samples", max_samples, 10, "at least 10 images per side; 1000 is the default"),
-              ("seed", seed, 0, "a non-negative integer"))
-    for name, value, low, fix in checks:
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ParameterError(f"The '{name}' option of shift must be an integer >= {low}. Got {value!r}.",
-                                 fix=f"Pass --{name.replace('_', '-')} as {fix}.")
-    if image_size is not None and (not isinstance(image_size, int) or not 32 <= image_size <= 1024):
-        raise ParameterError(f"The 'image_size' option of shift must be an integer in [32, 1024]. Got {image_size!r}.",
-                             fix="Pass --image-size 224 (or leave it unset for the backbone's own size).")
+    """Refuse option values :func:`measure_shift` / :func:`shift_between` cannot use: at least 19 shuffles (p-values
+    below 0.05 need them), at least 10 images per side."""
+    from headstart.errors import check_integer
+
+    check_integer("shift", "permutations", permutations, low=19)
+    check_integer("shift", "max_samples", max_samples, low=10)
+    check_integer("shift", "seed", seed, low=0)
+    check_integer("shift", "image_size", image_size, low=32, high=1024, optional=True)
 
 
 def measure_shift(a: np.ndarray, b: np.ndarray, *, permutations: int = 500, max_samples: int = 1000,
@@ -213,13 +209,14 @@ def bundle_reference_images(bundle_dir: str | os.PathLike[str], config_validatio
 
 
 def embed_images(paths: Sequence[Path], model: Any, preprocessing: Any, architecture: str, *, runtime: str = "auto",
-                 cache_dir: str | os.PathLike[str] | None = None, progress: bool = False) -> np.ndarray:
-    """Pooled frozen features (centre crop) of ``paths`` through the feature store."""
+                 cache_dir: str | os.PathLike[str] | None = None, num_workers: int | None = None,
+                 progress: bool = False) -> np.ndarray:
+    """Pooled frozen features (centre crop) of ``paths`` through the feature store (``cache_dir="off"``: none)."""
     from headstart.features import FeatureExtractor, FeatureStore
 
     store = None if str(cache_dir) == "off" else FeatureStore(cache_dir)
     extractor = FeatureExtractor(model, preprocessing=preprocessing, architecture=architecture, store=store,
-                                 runtime=runtime, progress=progress)
+                                 runtime=runtime, num_workers=num_workers, progress=progress)
     return extractor.extract(list(paths))
 
 

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from headstart.adapt.adversarial import fit_cdan, fit_dann
-from headstart.adapt.common import AdaptedHead, DomainFeatures
+from headstart.adapt.common import AdaptedHead, DomainFeatures, target_probabilities
 from headstart.adapt.coral import fit_coral
 from headstart.adapt.mmd import fit_mmd
 from headstart.adapt.self_training import fit_self_training
@@ -33,7 +33,7 @@ from headstart.backbones import DEFAULT_BACKBONE, Preprocessing, get_backbone_sp
 from headstart.bundle import validation_reference
 from headstart.classifier import ImageClassifier, frozen_feature_size
 from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, SkippedFile, scan_image_folder, scan_unlabelled_images
-from headstart.errors import DataError, NotFittedError, ParameterError, check_choice
+from headstart.errors import DataError, ParameterError, check_choice, check_integer
 from headstart.estimator import EstimatorBase
 from headstart.evaluate import classification_metrics
 from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, file_digest
@@ -77,6 +77,9 @@ class DomainAdapter(EstimatorBase):
     >>> DomainAdapter(method="coral")
     DomainAdapter(backbone='efficientnet_lite0', method='coral')
     """
+
+    _fitted_attribute = "classifier_"
+    _unfitted_fix = "Call fit(SOURCE, TARGET) first, or ImageClassifier.load(MODEL_FOLDER) for a saved adapted model."
 
     def __init__(
         self,
@@ -128,23 +131,12 @@ class DomainAdapter(EstimatorBase):
             raise self._bad("weights", "'auto' or a checkpoint file (adaptation works on pretrained features)")
         get_backbone_spec(self.backbone)
         for name in ("steps", "batch_size", "max_image_pixels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise self._bad(name, "a positive integer")
-        if self.image_size is not None and (not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024):
-            raise self._bad("image_size", "an integer in [32, 1024] or None")
-        if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
-            raise self._bad("n_bootstrap", "a non-negative integer")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise self._bad("seed", "a non-negative integer")
+            check_integer("DomainAdapter", name, getattr(self, name), low=1)
+        check_integer("DomainAdapter", "image_size", self.image_size, low=32, high=1024, optional=True)
+        for name in ("n_bootstrap", "seed"):
+            check_integer("DomainAdapter", name, getattr(self, name), low=0)
         check_choice("DomainAdapter", "runtime", self.runtime, RUNTIMES)
         return methods
-
-    def _check_fitted(self, method: str) -> None:
-        if not hasattr(self, "classifier_"):
-            raise NotFittedError(f"This DomainAdapter is not fitted yet, so {method}() cannot run.",
-                                 fix="Call fit(SOURCE, TARGET) first, or ImageClassifier.load(MODEL_FOLDER) for a"
-                                     " saved adapted model.")
 
     # -- data ---------------------------------------------------------------------------------------------------
     def _read_target(self, target: Path, console: Console) -> tuple[list[Path], list[SkippedFile]]:
@@ -295,14 +287,10 @@ class DomainAdapter(EstimatorBase):
             return {}
         rows = [i for i, path in enumerate(target_paths) if path in target_labels]
         labels = np.asarray([target_labels[target_paths[i]] for i in rows])
-        features = torch.from_numpy(data.target[0][rows])
-        evaluation = {}
-        for name, result in results.items():
-            with torch.no_grad():
-                probabilities = torch.softmax(result.module.eval()(features), dim=1).numpy()
-            evaluation[name] = classification_metrics(labels, probabilities, classes=classes,
-                                                      n_bootstrap=self.n_bootstrap, seed=self.seed)
-        return evaluation
+        centre = data.target[:1, rows]  # the centre view alone, as the saved model sees an image
+        return {name: classification_metrics(labels, target_probabilities(result.module, centre), classes=classes,
+                                             n_bootstrap=self.n_bootstrap, seed=self.seed)
+                for name, result in results.items()}
 
     # -- reporting ----------------------------------------------------------------------------------------------
     def comparison_rows(self) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from headstart.adapt.common import AdaptedHead, DomainFeatures, information_maxi
 from headstart.adapt.coral import coral_source
 from headstart.heads import fit_linear_head
 
-__all__ = ["centroid_labels", "confident_pseudo_labels", "fit_self_training"]
+__all__ = ["RULES", "centroid_labels", "confident_pseudo_labels", "fit_self_training"]
 
 SHARES = (0.4, 0.6, 0.8, 1.0)
 
@@ -49,25 +49,44 @@ def centroid_labels(probabilities: np.ndarray, features: np.ndarray, *, rounds: 
     return labels
 
 
-def confident_pseudo_labels(probabilities: np.ndarray, features: np.ndarray, share: float) -> np.ndarray:
-    """Indices of the target images kept this round: classifier and centroid agree, then the most confident
-    ``share`` of each predicted class (at least one image per class that has a candidate)."""
+RULES = ("agree", "confidence", "centroid")
+
+
+def confident_pseudo_labels(probabilities: np.ndarray, features: np.ndarray, share: float, *,
+                            rule: str = "agree") -> tuple[np.ndarray, np.ndarray]:
+    """The target images kept this round and their pseudo-labels: per label, the most confident ``share`` of the
+    candidates (at least one per label that has a candidate).
+
+    ``rule``: ``agree`` (the default: classifier labels, only where the nearest target centroid agrees),
+    ``confidence`` (classifier labels, all images are candidates) or ``centroid`` (centroid labels, ranked by the
+    classifier's confidence). docs/benchmarks.md compares them (bench/self_training_variants.py).
+    """
     predicted, confidence = probabilities.argmax(1), probabilities.max(1)
-    agree = centroid_labels(probabilities, features) == predicted
+    candidates = np.ones(len(predicted), dtype=bool)
+    if rule == "centroid":
+        predicted = centroid_labels(probabilities, features)
+    elif rule == "agree":
+        candidates = centroid_labels(probabilities, features) == predicted
     kept: list[np.ndarray] = []
-    for label in np.unique(predicted[agree]):
-        members = np.flatnonzero(agree & (predicted == label))
+    for label in np.unique(predicted[candidates]):
+        members = np.flatnonzero(candidates & (predicted == label))
         order = members[np.argsort(-confidence[members], kind="stable")]
         kept.append(order[: max(1, int(np.ceil(share * len(members))))])
-    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+    indices = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+    return indices, predicted[indices]
 
 
-def fit_self_training(data: DomainFeatures, *, l2: float, seed: int = 0, shares: tuple[float, ...] = SHARES
-                      ) -> AdaptedHead:
-    """CORAL start, then ``len(shares)`` rounds of agreement-filtered, class-balanced pseudo-labelling."""
+def fit_self_training(data: DomainFeatures, *, l2: float, seed: int = 0, shares: tuple[float, ...] = SHARES,
+                      start: str = "coral", rule: str = "agree") -> AdaptedHead:
+    """CORAL start (``start="source"``: the plain source features), then ``len(shares)`` rounds of class-balanced
+    pseudo-labelling with ``rule`` (see :func:`confident_pseudo_labels`)."""
+    from headstart.errors import check_choice
+
+    check_choice("fit_self_training", "start", start, ("coral", "source"))
+    check_choice("fit_self_training", "rule", rule, RULES)
     started = time.perf_counter()
     views = data.source.shape[0]
-    source = coral_source(data).reshape(-1, data.dim)
+    source = (coral_source(data) if start == "coral" else data.source).reshape(-1, data.dim)
     source_labels = np.tile(data.source_labels, views)
     target_mean = data.target.mean(0)  # the two views' average: one point per target image for the centroids
 
@@ -81,8 +100,7 @@ def fit_self_training(data: DomainFeatures, *, l2: float, seed: int = 0, shares:
     history = [{"round": 0, "pseudo_labelled": 0, "target_im": round(information_maximization(probabilities), 4)}]
     predictions = [probabilities.argmax(1)]
     for round_index, share in enumerate(shares, start=1):
-        kept = confident_pseudo_labels(probabilities, target_mean, share)
-        pseudo = probabilities.argmax(1)[kept]
+        kept, pseudo = confident_pseudo_labels(probabilities, target_mean, share, rule=rule)
         features = np.concatenate([source] + [data.target[v][kept] for v in range(data.target.shape[0])])
         labels = np.concatenate([source_labels] + [pseudo] * data.target.shape[0])
         module = solve(features.astype(np.float32), labels.astype(np.int64))
@@ -91,6 +109,6 @@ def fit_self_training(data: DomainFeatures, *, l2: float, seed: int = 0, shares:
                         "target_im": round(information_maximization(probabilities), 4)})
         predictions.append(probabilities.argmax(1))
     return AdaptedHead(method="self_training", module=module, score=information_maximization(probabilities),
-                       params={"l2": l2, "shares": list(shares), "start": "coral"}, history=history,
+                       params={"l2": l2, "shares": list(shares), "start": start, "rule": rule}, history=history,
                        checkpoint_predictions=predictions,
                        seconds=time.perf_counter() - started)
