@@ -33,7 +33,7 @@ from headstart.storage import (
     read_json,
 )
 
-__all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle", "library_versions",
+__all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "is_bundle_folder", "save_bundle", "load_bundle", "library_versions",
            "validation_reference"]
 
 BUNDLE_FORMAT_VERSION = 1
@@ -82,6 +82,12 @@ def validation_reference(inputs: Sequence[Any], labels: Sequence[int], *, kind: 
     step = max(1, -(-len(inputs) // MAX_VALIDATION_ITEMS))
     items = [str(Path(x).resolve()) if kind == "files" else str(x) for x in list(inputs)[::step]]
     return {"kind": kind, "inputs": items, "labels": [int(v) for v in list(labels)[::step]]}
+
+
+def is_bundle_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like a model folder (``config.json`` and ``model.safetensors``); not a validity check."""
+    path = Path(path).expanduser()
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
 def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any], *, head: Any = None,

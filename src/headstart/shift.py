@@ -187,10 +187,6 @@ def measure_shift(a: np.ndarray, b: np.ndarray, *, permutations: int = 500, max_
 # -- image folders and bundles -> embeddings ---------------------------------------------------------------------
 
 
-def _is_bundle(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
 def bundle_reference_images(bundle_dir: str | os.PathLike[str], config_validation: dict[str, Any] | None) -> list[Path]:
     """The images that stand for a bundle's training data: its recorded validation split (held out from the same
     folder as the training images), those still on disk.
@@ -236,20 +232,19 @@ def shift_between(a: str | os.PathLike[str], b: str | os.PathLike[str], *, backb
         DataError: a folder is missing or has fewer than 10 usable images; ParameterError: bad options.
     """
     from headstart.backbones import DEFAULT_BACKBONE, Preprocessing, create_backbone, get_backbone_spec
-    from headstart.bundle import load_bundle
+    from headstart.bundle import is_bundle_folder, load_bundle
     from headstart.data.images import scan_unlabelled_images
-
     from headstart.errors import check_choice
     from headstart.features import RUNTIMES
 
     check_shift_options(permutations=permutations, max_samples=max_samples, seed=seed, image_size=image_size)
     check_choice("shift", "runtime", runtime, RUNTIMES)
     a, b = Path(a).expanduser(), Path(b).expanduser()
-    if _is_bundle(b):
+    if is_bundle_folder(b):
         raise ParameterError(f"{b} is a model folder; the second set must be a folder of images.",
                              fix="Pass the model folder first (A) and the new images second (B).")
     skipped: list[Any] = []
-    if _is_bundle(a):
+    if is_bundle_folder(a):
         if backbone is not None or image_size is not None:
             raise ParameterError(f"{a} is a model folder: its own backbone and input size embed the images, so"
                                  " backbone / image_size cannot be chosen.",
