@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from headstart import ImageClassifier  # noqa: E402
 from headstart.data import scan_image_folder  # noqa: E402
-from headstart.evaluate import classification_metrics  # noqa: E402
+from headstart.evaluation.metrics import classification_metrics
 from headstart.features import extract_features  # noqa: E402
 
 

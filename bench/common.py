@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from headstart.evaluate import classification_metrics
+from headstart.evaluation.metrics import classification_metrics
 from headstart.features import extract_features
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from headstart.backbones import get_backbone_spec
 from headstart.data.images import load_image
 from headstart.data.transforms import build_transform
+from headstart.models import get_backbone_spec
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "hymenoptera"
 

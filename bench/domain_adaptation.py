@@ -24,9 +24,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine, write_results
-
 import numpy as np
+from common import SHARED, machine, write_results
 
 DATA = SHARED / "domains" / "office31"
 DOMAINS = {"A": "amazon", "D": "dslr", "W": "webcam"}

@@ -34,7 +34,7 @@ def train_image(out: Path) -> Path:
 
 
 def train_text(out: Path) -> Path:
-    from headstart.text_classifier import TextClassifier
+    from headstart.estimators.text import TextClassifier
 
     data = SHARED / "text" / "sst2"
     model = TextClassifier(strategy="linear_probe", progress=False).fit(data / "sst2_train.tsv", val=data / "sst2_dev.tsv")
@@ -42,8 +42,8 @@ def train_text(out: Path) -> Path:
 
 
 def train_audio(out: Path) -> Path:
-    from headstart.audio_classifier import AudioClassifier
     from headstart.data.audio import AudioSamples
+    from headstart.estimators.audio import AudioClassifier
 
     files = sorted((SHARED / "audio" / "fsdd" / "recordings").glob("*.wav"))
 
@@ -73,7 +73,7 @@ def main() -> int:
         return 2
     import torch
 
-    from headstart.export import export_bundle
+    from headstart.deploy.export import export_bundle
 
     out = Path(tempfile.mkdtemp(prefix="headstart-export-bench-"))
     results = []

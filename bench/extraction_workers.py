@@ -14,9 +14,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from headstart.backbones import create_backbone, get_backbone_spec  # noqa: E402
 from headstart.data import load_image_dataset  # noqa: E402
 from headstart.features import FeatureExtractor, FeatureStore  # noqa: E402
+from headstart.models import create_backbone, get_backbone_spec
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "hymenoptera"
 

@@ -40,7 +40,7 @@ def samples(paths: list[Path], classes: list[str] | None = None):
 
 
 def fit_and_test(train, val, test, args, cache: str) -> tuple[dict, object]:
-    from headstart.audio_classifier import AudioClassifier
+    from headstart.estimators.audio import AudioClassifier
 
     started = time.perf_counter()
     given = {name: getattr(args, name) for name in ("epochs", "lr", "spec_augment") if getattr(args, name) is not None}
@@ -83,7 +83,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from headstart.evaluate import classification_metrics
+    from headstart.evaluation.metrics import classification_metrics
 
     files = sorted(DATA.glob("*.wav"))
     classes = sorted({parts(p)[0] for p in files}, key=int)

@@ -36,7 +36,6 @@ sys.path.insert(0, str(HERE / "peers"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from common import SHARED, machine, write_results  # noqa: E402
 
 DATA = SHARED / "images" / "hymenoptera"
@@ -53,10 +52,10 @@ def _paths() -> list[Path]:
 def extraction(batch_size: int) -> dict[str, Any]:
     from plain_extraction import run as plain_run
 
-    from headstart.backbones import create_backbone, get_backbone_spec
     from headstart.data.transforms import ImageDataset, build_transform
     from headstart.features import FeatureExtractor, FeatureStore, available_runtimes
     from headstart.features.runtime import row_cosine
+    from headstart.models import create_backbone, get_backbone_spec
 
     spec = get_backbone_spec("efficientnet_lite0")
     preprocessing = spec.preprocessing()
@@ -127,12 +126,12 @@ def head_epochs(batch_size: int) -> dict[str, Any]:
     """One SGD epoch of the linear head: on cached features vs through the frozen backbone (torch, channels_last)."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from headstart.backbones import create_backbone, get_backbone_spec
     from headstart.data import load_image_dataset
     from headstart.data.transforms import ImageDataset, build_transform
     from headstart.features import FeatureExtractor, FeatureStore
-    from headstart.inference import auto_num_workers
-    from headstart.strategies import ClassifierNet
+    from headstart.models import create_backbone, get_backbone_spec
+    from headstart.models.classifier_net import ClassifierNet
+    from headstart.models.inference import auto_num_workers
 
     splits = load_image_dataset(DATA)
     spec = get_backbone_spec("efficientnet_lite0")

@@ -1,7 +1,7 @@
 """Does the backbone ranking (LogME, CV probe on training images) agree with what fine-tuning then achieves?
 
 For each dataset, the candidates EfficientNet-Lite0/1/2 (ImageNet weights, from pip packages) and Lite0 with random
-weights (a sanity low anchor) are ranked with :func:`headstart.rank.rank_backbones` on the TRAINING images only.
+weights (a sanity low anchor) are ranked with :func:`headstart.selection.rank.rank_backbones` on the TRAINING images only.
 Then each is fine-tuned with ``ImageClassifier(strategy="fine_tune", epochs=E, seed=0)`` (one frozen head stage on
 cached features, then E unfrozen epochs: 2 on hymenoptera, 1 on office31, to fit in CPU time) and linear-probed at
 its pretrained resolution (cheap: cached features), both scored on the validation images. fit() returns the epoch
@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 from common import SHARED, machine, write_results  # noqa: E402
 
 from headstart import ImageClassifier  # noqa: E402
-from headstart.backbones import get_backbone_spec  # noqa: E402
 from headstart.features import FeatureStore, file_digest  # noqa: E402
-from headstart.rank import BackboneScore, rank_backbones  # noqa: E402
-from headstart.transferability import kendall_tau  # noqa: E402
+from headstart.models import get_backbone_spec
+from headstart.selection.rank import BackboneScore, rank_backbones
+from headstart.selection.transferability import kendall_tau
 
 RANDOM_LITE0 = "timm:tf_efficientnet_lite0"  # the same network as efficientnet_lite0, under a name of its own
 # (name, weights, label)

@@ -22,10 +22,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine, write_results
-
 import numpy as np
 import torch
+from common import SHARED, machine, write_results
 
 DATA = SHARED / "domains" / "office31"
 DOMAINS = {"A": "amazon", "D": "dslr", "W": "webcam"}
@@ -42,8 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     from headstart.adapt import DomainFeatures
     from headstart.adapt.self_training import fit_self_training
-    from headstart.classifier import frozen_feature_size
     from headstart.data.images import scan_image_folder
+    from headstart.estimators.image import frozen_feature_size
     from headstart.features import FeatureStore, extract_features
 
     size, store = frozen_feature_size(224), FeatureStore()

@@ -371,9 +371,9 @@ def run_client(args: argparse.Namespace, port: int, concurrency: int, server_pid
 
 def find_export(bundle: Path, workdir: Path) -> tuple[Path, str]:
     """The model.onnx the server ran (its export cache), else a fresh export into ``workdir``."""
-    from headstart.export import MODEL_FILES, export_bundle
-    from headstart.predictor import load_predictor
-    from headstart.serve import _export_cache
+    from headstart.deploy.export import MODEL_FILES, export_bundle
+    from headstart.deploy.predictor import load_predictor
+    from headstart.deploy.serve import _export_cache
 
     cached = _export_cache(load_predictor(bundle)) / MODEL_FILES["onnx"]
     if cached.is_file():
@@ -387,7 +387,7 @@ class RawOrt:
     """Raw ONNX Runtime in this process on the photos decoded once: the reference the service is held against."""
 
     def __init__(self, bundle: Path, onnx_path: Path, photos: list[bytes], *, threads: int | None) -> None:
-        from headstart.predictor import load_predictor
+        from headstart.deploy.predictor import load_predictor
 
         self.predictor = load_predictor(bundle)
         self.predictor.use_onnx(onnx_path, threads=threads)

@@ -19,9 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine, write_results
-
 import numpy as np
+from common import SHARED, machine, write_results
 
 DATA = SHARED / "domains" / "office31"
 
@@ -45,7 +44,7 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=500)
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "shift.json")
     args = parser.parse_args()
-    from headstart.shift import shift_between
+    from headstart.deploy.shift import shift_between
 
     results: dict = {"machine": machine(), "command": " ".join(sys.argv), "comparisons": {}}
     with tempfile.TemporaryDirectory() as tmp:

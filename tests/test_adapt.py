@@ -1,4 +1,4 @@
-"""Domain adaptation (headstart.adapt) and shift measurement (headstart.shift): the gradient-reversal layer, each
+"""Domain adaptation (headstart.adapt) and shift measurement (headstart.deploy.shift): the gradient-reversal layer, each
 method on synthetic and real Office-31 features, label blindness, bundles, CLI, and the service's /shift."""
 
 from __future__ import annotations
@@ -11,20 +11,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from headstart import DomainAdapter, ImageClassifier
-from headstart.adapt import METHODS, DomainFeatures, gradient_reversal, information_maximization
+from headstart.adapt import (
+    METHODS,
+    DomainFeatures,
+    gradient_reversal,
+    information_maximization,
+)
 from headstart.adapt.coral import coral_transform
 from headstart.adapt.self_training import confident_pseudo_labels
 from headstart.cli import app
+from headstart.deploy.serve import ServeConfig, create_app
+from headstart.deploy.shift import measure_shift
 from headstart.errors import DataError, ParameterError
-from headstart.heads import FeatureMLP
-from headstart.serve import ServeConfig, create_app
-from headstart.shift import measure_shift
-
-from conftest import SAMPLE
+from headstart.models.heads import FeatureMLP
 
 OFFICE = ("domains", "office31")
 CLASSES = ("back_pack", "bike", "calculator", "headphones", "mug")
@@ -122,8 +126,8 @@ def test_information_maximization_prefers_confident_diverse_predictions() -> Non
 
 def test_mlp_head_bundle_round_trips_on_a_backbone_whose_pooled_width_differs_from_num_features(tmp_path: Path
                                                                                                   ) -> None:
-    from headstart.backbones import Preprocessing, create_backbone, get_backbone_spec
-    from headstart.heads import set_classifier
+    from headstart.models import Preprocessing, create_backbone, get_backbone_spec
+    from headstart.models.heads import set_classifier
 
     model, _ = create_backbone("timm:mobilenetv3_small_050", 3, weights="random")
     model.eval()
@@ -148,7 +152,7 @@ def test_mlp_head_bundle_round_trips_on_a_backbone_whose_pooled_width_differs_fr
 def test_set_classifier_refuses_models_with_two_classifier_layers() -> None:
     import timm
 
-    from headstart.heads import set_classifier
+    from headstart.models.heads import set_classifier
 
     model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=3)
     with pytest.raises(ParameterError, match="no single classifier"):
@@ -193,7 +197,7 @@ def _subset(root: Path, out: Path, *, per_class: int, offset: int = 0, classes: 
 
 def test_shift_finds_none_between_halves_of_a_domain_and_a_clear_one_between_amazon_and_webcam(
         shared_data: Path, tmp_path: Path) -> None:
-    from headstart.shift import shift_between
+    from headstart.deploy.shift import shift_between
 
     office = shared_data.joinpath(*OFFICE)
     classes = sorted(p.name for p in (office / "webcam" / "images").iterdir())[:12]
@@ -283,7 +287,7 @@ def test_target_labels_never_reach_training_or_selection(office_pair: tuple[Path
 @pytest.mark.parametrize("method", ["self_training", "dann"])
 def test_adapted_bundles_predict_export_and_serve_in_a_new_process(method: str, office_pair: tuple[Path, Path],
                                                                     tmp_path: Path) -> None:
-    from headstart.export import export_bundle
+    from headstart.deploy.export import export_bundle
 
     source, target = office_pair
     adapter = _adapter(method=method).fit(source, target)

@@ -11,13 +11,13 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from headstart.backbones import (
+from headstart.errors import ParameterError, WeightsNotFoundError
+from headstart.models import (
     create_backbone,
     get_backbone_spec,
     list_backbones,
     resolve_weights,
 )
-from headstart.errors import ParameterError, WeightsNotFoundError
 
 FAMILIES = {"VGG", "ResNet", "MobileNet", "DenseNet", "Inception", "EfficientNet", "NASNet"}
 
@@ -139,7 +139,7 @@ def test_packaged_lite0_classifies_imagenet_photos(shared_data: Path) -> None:
     ImageNet ants (class 310) and bees (class 309). With timm's TF-padding model and mean = std = 0.5 the
     zero-shot top-1 is about 0.85; a broken conversion or wrong normalisation drops it (~0.63 or chance)."""
     from headstart.data import load_image_dataset
-    from headstart.inference import predict_files
+    from headstart.models.inference import predict_files
 
     model, source = create_backbone("efficientnet_lite0", 1000)
     assert source.kind == "package"
@@ -159,7 +159,8 @@ def test_packaged_lite0_recognises_the_bundled_sample() -> None:
     The decisive check on 153 photos is test_packaged_lite0_classifies_imagenet_photos.
     """
     from conftest import SAMPLE
-    from headstart.inference import predict_files
+
+    from headstart.models.inference import predict_files
 
     model, source = create_backbone("efficientnet_lite0", 1000)
     assert source.kind == "package"

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart.calibration import (
+from headstart.errors import ParameterError
+from headstart.evaluation.calibration import (
     apply_temperature,
     calibration_report,
     expected_calibration_error,
@@ -17,7 +18,6 @@ from headstart.calibration import (
     plot_reliability_diagram,
     reliability_bins,
 )
-from headstart.errors import ParameterError
 
 # confidences 0.95 (right), 0.85 (wrong), 0.65 (right), 0.55 (wrong): none lies on a bin edge of 1, 2, 5 or 10 bins
 HAND_PROBABILITIES = np.array([[0.95, 0.05], [0.85, 0.15], [0.35, 0.65], [0.55, 0.45]])

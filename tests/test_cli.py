@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_BACKBONE
 from typer.testing import CliRunner
 
 from headstart.cli import app
-
-from conftest import TINY_BACKBONE
 
 runner = CliRunner()
 TINY = ["--backbone", TINY_BACKBONE, "--weights", "random", "--image-size", "64", "--batch-size", "8", "--quiet",
@@ -145,10 +144,10 @@ def test_lr_find_writes_plot_and_suggestion(sample_dir: Path, tmp_path: Path) ->
 
 
 def test_calibration_is_fitted_on_validation_and_applied(tmp_path: Path, sample_dir: Path) -> None:
-    from headstart import ImageClassifier
-    from headstart.calibration import apply_temperature
-
     from conftest import tiny_params
+
+    from headstart import ImageClassifier
+    from headstart.evaluation.calibration import apply_temperature
 
     data = tmp_path / "data"
     shutil.copytree(sample_dir / "train", data / "train")

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart.data import ImageDecodeError, load_image, load_image_dataset, scan_image_folder, stratified_split
+from headstart.data import (
+    ImageDecodeError,
+    load_image,
+    load_image_dataset,
+    scan_image_folder,
+    stratified_split,
+)
 from headstart.errors import DataError, ParameterError
 
 
@@ -156,9 +162,9 @@ def test_training_on_a_messy_folder_reports_skips(image_folder: Path, tmp_path: 
     """A run over a folder with bad files trains, and lists every skipped file in data.json and summary.txt."""
     import json
 
-    from headstart import ImageClassifier
-
     from conftest import tiny_params
+
+    from headstart import ImageClassifier
 
     raw = _a_photo(image_folder / "ants").read_bytes()
     (image_folder / "ants" / "truncated.jpg").write_bytes(raw[: len(raw) // 3])

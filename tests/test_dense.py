@@ -15,16 +15,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 from PIL import Image
 from typer.testing import CliRunner
 
 from headstart import Detector, Segmenter, detect_task, load_model
 from headstart.cli import app
+from headstart.deploy.export import SIDECAR_FILE, export_bundle
 from headstart.errors import ExportError, NotFittedError, ParameterError, ResumeError
-from headstart.export import SIDECAR_FILE, export_bundle
-from headstart.segmenter import dice_loss
-
-from conftest import TINY_BACKBONE
+from headstart.estimators.segmenter import dice_loss
 
 runner = CliRunner()
 
@@ -570,7 +569,7 @@ def test_unfitted_and_wrongly_loaded_models(segmenter_run: tuple[Segmenter, Path
 def test_segmentation_net_keeps_odd_input_sizes_and_depends_on_its_input(decoder: str) -> None:
     import timm
 
-    from headstart.dense.nets import MultiScaleEncoder, SegmentationNet
+    from headstart.models.dense import MultiScaleEncoder, SegmentationNet
 
     torch.manual_seed(0)
     net = SegmentationNet(MultiScaleEncoder(timm.create_model("test_efficientnet", num_classes=0)), 3,
@@ -589,7 +588,7 @@ def test_segmentation_net_keeps_odd_input_sizes_and_depends_on_its_input(decoder
 def test_segmentation_net_refuses_unknown_decoder() -> None:
     import timm
 
-    from headstart.dense.nets import MultiScaleEncoder, SegmentationNet
+    from headstart.models.dense import MultiScaleEncoder, SegmentationNet
 
     with pytest.raises(ParameterError, match="decoder"):
         SegmentationNet(MultiScaleEncoder(timm.create_model("test_efficientnet", num_classes=0)), 2, decoder="foo")

@@ -33,7 +33,7 @@ from headstart.data.detection import (
     read_detection_annotations,
 )
 from headstart.errors import DataError, ParameterError
-from headstart.evaluate_detection import (
+from headstart.evaluation.detection import (
     box_iou,
     detection_metrics,
     detections_to_json,

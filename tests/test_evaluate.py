@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+)
 
 from headstart.errors import ParameterError
-from headstart.evaluate import classification_metrics, format_summary
+from headstart.evaluation.metrics import classification_metrics, format_summary
 
 
 def test_metrics_match_scikit_learn() -> None:

@@ -11,14 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE
 from typer.testing import CliRunner
 
 from headstart.cli import app
+from headstart.deploy.export import PARITY_MAX_ABS_DIFF, SIDECAR_FILE, export_bundle
+from headstart.deploy.predictor import load_predictor
 from headstart.errors import ExportError
-from headstart.export import PARITY_MAX_ABS_DIFF, SIDECAR_FILE, export_bundle
-from headstart.predictor import load_predictor
-
-from conftest import SAMPLE
 
 VAL_IMAGES = sorted((SAMPLE / "val").rglob("*.jpg"))
 
@@ -84,7 +83,7 @@ print(json.dumps(session.run(None, {"images": pixels})[0][0].tolist()))
 
 def test_parity_failure_fails_the_export_and_writes_nothing(tiny_image_bundle: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import headstart.export as export_module
+    import headstart.deploy.export as export_module
 
     original = export_module.export_onnx_file
 
@@ -117,9 +116,9 @@ def test_export_needs_real_inputs(tiny_image_bundle: Path, tmp_path: Path) -> No
 
 
 def test_sklearn_heads_export_to_onnx_or_refuse_clearly(tmp_path: Path) -> None:
-    from headstart import ImageClassifier
-
     from conftest import tiny_params
+
+    from headstart import ImageClassifier
 
     forest = ImageClassifier(**tiny_params(strategy="linear_probe", head="random_forest", calibrate=False))
     forest.fit(SAMPLE / "train", val=SAMPLE / "val")

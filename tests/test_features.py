@@ -10,15 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE, TINY_BACKBONE
 
-from headstart.backbones import create_backbone, get_backbone_spec
-from headstart.backbones.registry import Preprocessing
-from headstart.features import FeatureExtractor, FeatureKey, FeatureStore, available_runtimes, create_engine
+from headstart.features import (
+    FeatureExtractor,
+    FeatureKey,
+    FeatureStore,
+    available_runtimes,
+    create_engine,
+)
 from headstart.features import runtime as runtime_module
 from headstart.features import store as store_module
 from headstart.features.runtime import PARITY_MIN_COSINE, row_cosine
-
-from conftest import SAMPLE, TINY_BACKBONE
+from headstart.models import create_backbone, get_backbone_spec
+from headstart.models.registry import Preprocessing
 
 TINY_PREPROCESSING = Preprocessing(input_size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875)
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_params
 
 from headstart import ImageClassifier
 from headstart.errors import BundleError, ParameterError
-from headstart.heads import SKLEARN_HEADS, fit_sklearn_head, load_sklearn_head, save_sklearn_head
-
-from conftest import tiny_params
+from headstart.models.heads import SKLEARN_HEADS, load_sklearn_head, save_sklearn_head
+from headstart.training.heads import fit_sklearn_head
 
 
 def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +100,7 @@ def test_frozen_features_stay_on_the_cpu_extractor_for_sklearn_heads_when_a_gpu_
     import torch
     from rich.console import Console
 
-    from headstart.backbones import get_backbone_spec
+    from headstart.models import get_backbone_spec
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     classifier = ImageClassifier(**tiny_params(head=head, accelerator=accelerator))

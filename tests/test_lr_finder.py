@@ -11,16 +11,21 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 from PIL import Image
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from headstart.backbones import Preprocessing, create_backbone, get_backbone_spec
 from headstart.data import ImageDataset, build_transform, load_image_dataset
 from headstart.errors import ParameterError
-from headstart.lr_finder import LRFinderResult, find_learning_rate, plot_lr_finder, suggest_learning_rate
-from headstart.strategies import ClassifierNet, Stage, plan_stages
-
-from conftest import TINY_BACKBONE
+from headstart.models import Preprocessing, create_backbone, get_backbone_spec
+from headstart.models.classifier_net import ClassifierNet
+from headstart.training.lr_finder import (
+    LRFinderResult,
+    find_learning_rate,
+    plot_lr_finder,
+    suggest_learning_rate,
+)
+from headstart.training.recipes import Stage, plan_stages
 
 # The frozen sweep goes to 10; the unfrozen one to 100, far enough for a random-weight network to diverge in 20 steps.
 START_LR, END_LR, STEPS = 1e-5, 10.0, 20

@@ -1,4 +1,4 @@
-"""Ranking candidate backbones on the training images (headstart.rank)."""
+"""Ranking candidate backbones on the training images (headstart.selection.rank)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SAMPLE, TINY_BACKBONE
 from rich.console import Console
 
 from headstart.data import load_image_dataset
 from headstart.errors import ParameterError
 from headstart.features import FeatureExtractor, FeatureStore
-from headstart.rank import BackboneScore, format_ranking, rank_backbones
-
-from conftest import SAMPLE, TINY_BACKBONE
+from headstart.selection.rank import BackboneScore, format_ranking, rank_backbones
 
 # Two tiny random-weight networks that run in a second at 64 px, and a registered backbone with no weights offline.
 TINY_OTHER = "timm:test_resnet"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_BACKBONE, tiny_params
 
 from headstart import BundleError, ImageClassifier, ParameterError, ResumeError
 from headstart.data import load_image_dataset
-from headstart.strategies import ClassifierNet, plan_stages
-from headstart.train import TrainConfig, train_classifier
-
-from conftest import TINY_BACKBONE, tiny_params
+from headstart.models.classifier_net import ClassifierNet
+from headstart.training.loop import TrainConfig, train_classifier
+from headstart.training.recipes import plan_stages
 
 
 @pytest.mark.parametrize("change", [dict(precision="fp16"), dict(seed=-1), dict(num_workers=-2),
@@ -41,9 +41,8 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, sample_dir: Path)
 
 def test_bf16_autocast_really_runs(sample_dir: Path) -> None:
     """precision="bf16-mixed" must put the forward pass under autocast (checked from inside the model)."""
-    from headstart.backbones import create_backbone, get_backbone_spec
     from headstart.data import ImageDataset, build_transform
-    from headstart.backbones import Preprocessing
+    from headstart.models import Preprocessing, create_backbone, get_backbone_spec
 
     splits = load_image_dataset(sample_dir)
     preprocessing = Preprocessing.from_dict({**get_backbone_spec(TINY_BACKBONE).preprocessing().to_dict(),

@@ -22,7 +22,7 @@ from headstart.data.segmentation import (
     read_segmentation_pairs,
 )
 from headstart.errors import DataError, ParameterError
-from headstart.evaluate_segmentation import (
+from headstart.evaluation.segmentation import (
     colorize_mask,
     confusion_for_image,
     format_segmentation_summary,

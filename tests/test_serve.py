@@ -14,14 +14,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from conftest import SAMPLE
 from fastapi.testclient import TestClient
 from PIL import Image
-
-from headstart.predictor import load_predictor
-from headstart.serve import ServeConfig, create_app
-
-from conftest import SAMPLE
 from serving import running_server
+
+from headstart.deploy.predictor import load_predictor
+from headstart.deploy.serve import ServeConfig, create_app
 
 PHOTOS = sorted((SAMPLE / "val").rglob("*.jpg"))
 
@@ -168,10 +167,10 @@ def test_text_service_takes_json_and_plain_text(tiny_bert: Path, tmp_path: Path)
 
 @pytest.mark.integration
 def test_audio_service_takes_uploaded_wav_files(shared_data: Path, tmp_path: Path) -> None:
+    from conftest import TINY_BACKBONE
+
     from headstart import AudioClassifier
     from headstart.data.audio import AudioSamples
-
-    from conftest import TINY_BACKBONE
 
     folder = shared_data / "audio" / "fsdd" / "recordings"
     paths = [folder / f"{d}_george_{t}.wav" for d in (0, 1) for t in range(6)]

@@ -5,20 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from headstart.backbones import create_backbone
-from headstart.errors import ParameterError
-from headstart.strategies import (
-    ClassifierNet,
-    choose_strategy,
-    default_epochs,
-    layer_groups,
-    parameter_groups,
-    plan_stages,
-)
-from headstart.train import lr_factor
-
 from conftest import TINY_BACKBONE
+
+from headstart.errors import ParameterError
+from headstart.models import create_backbone
+from headstart.models.classifier_net import ClassifierNet, layer_groups
+from headstart.training.loop import lr_factor
+from headstart.training.optim import parameter_groups
+from headstart.training.recipes import choose_strategy, default_epochs, plan_stages
 
 
 def _net() -> ClassifierNet:
@@ -103,7 +97,7 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 def test_linear_head_is_solved_with_a_cross_validated_penalty() -> None:
     from sklearn.linear_model import LogisticRegression
 
-    from headstart.heads import fit_linear_head
+    from headstart.training.heads import fit_linear_head
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 150)
@@ -170,9 +164,9 @@ def test_lr_mult_sets_the_per_group_ratio() -> None:
 @pytest.mark.parametrize("strategy, stages", [("lp_ft", ["head", "all"]),
                                               ("gradual_unfreeze", ["head", "top-1", "top-2", "all"])])
 def test_new_strategies_train_end_to_end(sample_dir, tmp_path, strategy: str, stages: list[str]) -> None:
-    from headstart import ImageClassifier
-
     from conftest import tiny_params
+
+    from headstart import ImageClassifier
 
     classifier = ImageClassifier(**tiny_params(strategy=strategy, epochs=1, calibrate=False)).fit(sample_dir)
     assert [record["stage"] for record in classifier.history_] == stages

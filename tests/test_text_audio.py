@@ -21,11 +21,11 @@ import torch
 from conftest import TINY_BACKBONE
 from safetensors import safe_open
 
-from headstart.audio_classifier import AudioClassifier
 from headstart.data.audio import AudioSamples
 from headstart.data.text import TextSamples
 from headstart.errors import BundleError, NotFittedError, ParameterError
-from headstart.text_classifier import TextClassifier
+from headstart.estimators.audio import AudioClassifier
+from headstart.estimators.text import TextClassifier
 
 RUN_FILES = ("config.json", "metrics.json", "history.json", "curves.png", "confusion_matrix.png", "summary.txt",
              "model/config.json", "model/model.safetensors")
@@ -43,8 +43,8 @@ def _one_torch_thread() -> Any:
 # -- helpers ---------------------------------------------------------------------------------------------------------
 _WORKER = """
 import json, sys
-from headstart.audio_classifier import AudioClassifier
-from headstart.text_classifier import TextClassifier
+from headstart.estimators.audio import AudioClassifier
+from headstart.estimators.text import TextClassifier
 for line in sys.stdin:
     try:
         out = [{"text": TextClassifier, "audio": AudioClassifier}[kind].load(folder).predict_proba(inputs).tolist()
@@ -128,7 +128,7 @@ def keep_trained_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     Without this, a fine-tuned epoch that does not beat the solved head's validation loss is rolled back to the
     head-only state (correctly), so whether "the encoder changed" would depend on luck with tiny random models.
     """
-    from headstart.encoders import training
+    from headstart.training import encoder_loop as training
 
     monkeypatch.setattr(training, "log_loss", lambda probabilities, labels: -1.0)
 
@@ -253,9 +253,9 @@ def test_text_lora_merged_and_unmerged_bundles_reload_in_fresh_process(tiny_bert
 def test_layerwise_learning_rates_increase_towards_the_head(tiny_bert: Path) -> None:
     from transformers import AutoTokenizer, BertModel
 
-    from headstart.encoders.net import EncoderNet
-    from headstart.encoders.text import TextEncoder
-    from headstart.encoders.training import layerwise_parameter_groups
+    from headstart.models.encoder_net import EncoderNet
+    from headstart.models.text import TextEncoder
+    from headstart.training.encoder_loop import layerwise_parameter_groups
 
     bert = BertModel.from_pretrained(tiny_bert)
     net = EncoderNet(TextEncoder(bert, AutoTokenizer.from_pretrained(tiny_bert)), 2)
@@ -399,7 +399,7 @@ def test_logmel_fine_tune_reloads_in_fresh_process(logmel_bundle: Any, fsdd_two_
 def test_spec_augment_masks_in_training_only() -> None:
     import timm
 
-    from headstart.encoders.audio import LogMelImageEncoder, spec_augment
+    from headstart.models.audio import LogMelImageEncoder, spec_augment
 
     spectrogram = torch.rand(3, 64, 100) + 0.1
     masked = spec_augment(spectrogram, generator=torch.Generator().manual_seed(0), max_time=0.2, max_freq=0.2)
@@ -492,7 +492,7 @@ def test_wav2vec2_fine_tune_freezes_feature_encoder(tiny_wav2vec2: Path, fsdd_sm
 def test_wav2vec2_layer_groups_are_the_transformer_layers(tiny_wav2vec2: Path) -> None:
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    from headstart.encoders.audio import TransformersAudioEncoder
+    from headstart.models.audio import TransformersAudioEncoder
 
     model = Wav2Vec2Model.from_pretrained(tiny_wav2vec2)
     groups = TransformersAudioEncoder(model, Wav2Vec2FeatureExtractor.from_pretrained(tiny_wav2vec2)).layer_groups()
@@ -552,8 +552,17 @@ def test_loading_another_modality_is_a_bundle_error(logmel_bundle: Any) -> None:
 
 # -- route (b): other transformers audio families -------------------------------------------------------------------
 def _tiny_audio_model(kind: str, folder: Path) -> None:
-    from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, HubertConfig, HubertModel,
-                              Wav2Vec2FeatureExtractor, WhisperConfig, WhisperFeatureExtractor, WhisperModel)
+    from transformers import (
+        ASTConfig,
+        ASTFeatureExtractor,
+        ASTModel,
+        HubertConfig,
+        HubertModel,
+        Wav2Vec2FeatureExtractor,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperModel,
+    )
 
     torch.manual_seed(0)
     if kind == "whisper":
@@ -577,7 +586,10 @@ def _tiny_audio_model(kind: str, folder: Path) -> None:
 def test_transformers_audio_families_encode_and_rebuild_from_bundle_files(kind: str, tmp_path: Path) -> None:
     import numpy as np
 
-    from headstart.encoders.audio import audio_encoder_from_description, create_audio_encoder
+    from headstart.models.audio import (
+        audio_encoder_from_description,
+        create_audio_encoder,
+    )
 
     _tiny_audio_model(kind, tmp_path / kind)
     encoder, _ = create_audio_encoder(str(tmp_path / kind))

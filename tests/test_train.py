@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, SAMPLE, TINY_BACKBONE, tiny_params
 
 from headstart import ImageClassifier, NotFittedError, ParameterError
 from headstart.bundle import load_bundle
 from headstart.storage import load_tensors
-from headstart.train import latest_checkpoint
-
-from conftest import ROOT, SAMPLE, TINY_BACKBONE, tiny_params
+from headstart.training.loop import latest_checkpoint
 
 
 def _cli(*args: str, **kwargs: object) -> subprocess.Popen:

@@ -1,4 +1,4 @@
-"""LogME, the cross-validated linear probe and Kendall's tau (headstart.transferability).
+"""LogME, the cross-validated linear probe and Kendall's tau (headstart.selection.transferability).
 
 LogME is checked against references written here from the formula alone: the closed-form log evidence maximised
 by a brute-force grid, and a naive d x d fixed-point iteration that uses no eigendecomposition.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from headstart.errors import DataError, HeadstartError, ParameterError
-from headstart.transferability import (
+from headstart.selection.transferability import (
     _MAX_ITERATIONS,
     _RELATIVE_TOLERANCE,
     _class_evidences,

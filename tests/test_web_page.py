@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from serving import Server, running_server
 
 ROOT = Path(__file__).resolve().parents[1]

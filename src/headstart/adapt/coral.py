@@ -14,9 +14,14 @@ import time
 import numpy as np
 import torch
 
-from headstart.adapt.common import AdaptedHead, DomainFeatures, information_maximization, linear_module, \
-    target_probabilities
-from headstart.heads import fit_linear_head
+from headstart.adapt.common import (
+    AdaptedHead,
+    DomainFeatures,
+    information_maximization,
+    linear_module,
+    target_probabilities,
+)
+from headstart.training.heads import fit_linear_head
 
 __all__ = ["coral_transform", "fit_coral"]
 

@@ -21,10 +21,15 @@ import time
 import numpy as np
 import torch
 
-from headstart.adapt.common import AdaptedHead, DomainFeatures, information_maximization, linear_module, \
-    target_probabilities
+from headstart.adapt.common import (
+    AdaptedHead,
+    DomainFeatures,
+    information_maximization,
+    linear_module,
+    target_probabilities,
+)
 from headstart.adapt.coral import coral_source
-from headstart.heads import fit_linear_head
+from headstart.training.heads import fit_linear_head
 
 __all__ = ["RULES", "centroid_labels", "confident_pseudo_labels", "fit_self_training"]
 

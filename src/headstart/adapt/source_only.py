@@ -1,7 +1,7 @@
 """Source only: the baseline every adaptation method must beat.
 
 A linear head solved on the source features alone (L2-penalised multinomial logistic regression, penalty chosen by
-source cross-validation; :func:`headstart.heads.fit_linear_head`). The target images are not used for training;
+source cross-validation; :func:`headstart.training.heads.fit_linear_head`). The target images are not used for training;
 they only receive the IM score, like every other candidate.
 """
 
@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import time
 
-from headstart.adapt.common import AdaptedHead, DomainFeatures, information_maximization, linear_module, \
-    target_probabilities
-from headstart.heads import fit_linear_head
+from headstart.adapt.common import (
+    AdaptedHead,
+    DomainFeatures,
+    information_maximization,
+    linear_module,
+    target_probabilities,
+)
+from headstart.training.heads import fit_linear_head
 
 __all__ = ["fit_source_only"]
 

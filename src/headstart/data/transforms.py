@@ -11,8 +11,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from headstart.backbones.registry import Preprocessing
 from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, load_image
+from headstart.data.preprocessing import Preprocessing
 
 __all__ = ["build_transform", "ImageDataset", "EpochSeededDataset"]
 
@@ -36,7 +36,7 @@ def build_transform(preprocessing: Preprocessing, *, train: bool, flip: bool = F
     runtimes normalise inside the model, which spares the decoding processes that work and sends a quarter of
     the bytes between processes.
 
-    >>> from headstart.backbones import get_backbone_spec
+    >>> from headstart.models import get_backbone_spec
     >>> build_transform(get_backbone_spec("efficientnet_lite0").preprocessing(), train=False).transforms[1]
     CenterCrop(size=(224, 224))
     """

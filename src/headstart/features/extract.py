@@ -28,7 +28,6 @@ from rich.progress import (
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from headstart.backbones import Preprocessing, create_backbone, get_backbone_spec
 from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from headstart.data.transforms import ImageDataset, build_transform
 from headstart.errors import ParameterError
@@ -39,7 +38,8 @@ from headstart.features.store import (
     file_digest,
     weights_digest,
 )
-from headstart.inference import auto_num_workers
+from headstart.models import Preprocessing, create_backbone, get_backbone_spec
+from headstart.models.inference import auto_num_workers
 
 __all__ = ["FeatureExtractor", "ExtractionReport", "extract_features", "view_names"]
 
@@ -57,7 +57,7 @@ def extraction_workers(n_items: int) -> int:
     """Decoding processes for frozen extraction: two on small CPUs, where one cannot keep up with a fast runtime.
 
     Measured on 2 cores (bench/extraction_workers.py, OpenVINO): 81-83 images/s with one worker, 87-92 with two;
-    training keeps :func:`~headstart.inference.auto_num_workers`' single worker, its model needs the cores.
+    training keeps :func:`~headstart.models.inference.auto_num_workers`' single worker, its model needs the cores.
     """
     cpus = os.cpu_count() or 1
     if n_items < 32 or cpus > 4:
@@ -240,7 +240,7 @@ def extract_features(
     Args:
         backbone: a registered backbone name or ``timm:<name>``.
         paths: image files.
-        weights: ``auto``, ``random`` or a checkpoint file (see :func:`headstart.backbones.create_backbone`).
+        weights: ``auto``, ``random`` or a checkpoint file (see :func:`headstart.models.create_backbone`).
         image_size: input side; default: the backbone's pretrained size.
         view: ``center`` (eval transform), ``mirror``, or ``augment-<k>``.
         store: cache features here (``None``: no caching).

@@ -1,0 +1,627 @@
+"""``ImageClassifier``: the scikit-learn-style estimator that ties data, backbone, strategy and training together.
+
+>>> from headstart import ImageClassifier
+>>> ImageClassifier(strategy="linear_probe", epochs=3)
+ImageClassifier(backbone='efficientnet_lite0', strategy='linear_probe', epochs=3)
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from rich.console import Console
+
+from headstart.bundle import load_bundle, save_bundle, validation_reference
+from headstart.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DatasetSplits,
+    SkippedFile,
+    scan_image_folder,
+)
+from headstart.errors import DataError, ParameterError, check_choice
+from headstart.estimators.base import EstimatorBase
+from headstart.evaluation.calibration import apply_temperature
+from headstart.evaluation.metrics import classification_metrics, format_summary
+from headstart.evaluation.plots import plot_confusion_matrix
+from headstart.evaluation.report import (
+    MIN_CALIBRATION_EXAMPLES,
+    Calibration,
+    calibrate_on_validation,
+    print_skipped,
+    print_splits,
+    write_run_report,
+)
+from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, view_names
+from headstart.models import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
+from headstart.models.heads import HEADS, FeatureMLP
+from headstart.models.inference import predict_files
+from headstart.storage import atomic_write_json
+from headstart.training.recipes import STRATEGIES
+
+__all__ = ["ImageClassifier", "frozen_feature_size", "print_skipped"]
+
+MIN_CALIBRATION_IMAGES = MIN_CALIBRATION_EXAMPLES  # kept for callers of the image-only name
+
+
+def frozen_feature_size(pretrained_size: int) -> int:
+    """Input side for frozen features of a backbone pretrained at ``pretrained_size``.
+
+    A network trained with random-resized crops sees objects larger than a centre crop at the same size
+    shows them, so it classifies best when tested at a higher resolution: about 1.29x (224 -> 288) in Touvron
+    et al., "Fixing the train-test resolution discrepancy" (FixRes, 2019). Only models pretrained at
+    <= 256 px are scaled; larger ones (Inception 299, NASNet 331) are already expensive on a CPU.
+
+    >>> frozen_feature_size(224), frozen_feature_size(299)
+    (288, 299)
+    """
+    if pretrained_size > 256:
+        return pretrained_size
+    return int(round(pretrained_size * 1.29 / 32) * 32)
+
+
+class ImageClassifier(EstimatorBase):
+    """Transfer learning for image classification from a folder of labelled images.
+
+    Args:
+        backbone: a name from ``headstart backbones`` or ``timm:<model>``.
+        strategy: ``auto`` (chosen from the dataset size), ``linear_probe``, ``fine_tune``, ``gradual_unfreeze``,
+            ``lp_ft`` or ``full`` (see :mod:`headstart.training.recipes`).
+        head: ``linear`` (a linear layer; with a frozen backbone solved on cached features), or a scikit-learn
+            head on frozen features: ``logistic``, ``linear_svm``, ``rbf_svm``, ``random_forest``, ``knn``
+            (hyper-parameters chosen by cross-validation on the training images; implies ``linear_probe``).
+        epochs: epochs of the main stage (``fine_tune``: unfrozen epochs, after one head stage); ``None``
+            chooses from the dataset size. A frozen head on cached features is solved in one step.
+        weights: ``auto`` (first reachable pretrained source), ``random``, or a checkpoint file.
+        lr: peak learning rate of the head; ``None`` uses the strategy's default.
+        batch_size: images per step (per process).
+        image_size: square input side; ``None`` uses the backbone's pretrained resolution, scaled by
+            :func:`frozen_feature_size` for ``linear_probe``.
+        drop_rate: dropout before the new classifier.
+        label_smoothing: cross-entropy label smoothing.
+        weight_decay: AdamW weight decay (not applied to biases and norm weights).
+        patience: epochs without improvement before early stopping (``None`` disables it).
+        monitor: ``val_loss`` or ``val_accuracy``, for early stopping and the restored best epoch.
+        class_weights: weight the loss by inverse class frequency (imbalanced data).
+        seed: makes splits, initialisation, shuffling and augmentation repeatable.
+        val_fraction: share held out for validation when no validation data is given.
+        devices, accelerator, precision: passed to Lightning Fabric (e.g. ``devices=2`` for two processes,
+            ``precision="bf16-mixed"`` on a GPU).
+        num_workers: image-decoding processes; ``None`` chooses from the machine.
+        max_image_pixels: larger images are skipped as possible decompression bombs.
+        allow_download: whether a hub download may be tried when no local weights exist.
+        lr_mult: discriminative learning rates: each backbone layer group learns ``lr_mult`` times as fast as
+            the group after it (``None``: the strategy's default).
+        augmented_views: random augmented crops per training image cached (with the centre crop and its mirror)
+            for heads on frozen features: augmentation without running the backbone every epoch.
+        runtime: frozen-feature runtime: ``auto`` (fastest available, checked against torch), ``openvino``,
+            ``onnxruntime`` or ``torch``.
+        cache_dir: feature store folder; ``None``: ``$HEADSTART_CACHE`` or ``~/.cache/headstart``; ``"off"``:
+            no caching.
+        calibrate: fit a temperature on the validation predictions (temperature scaling); predicted
+            probabilities are then calibrated (the predicted class never changes).
+        progress: show progress bars and per-epoch lines.
+    """
+
+    _fitted_attribute = "model_"
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        *,
+        strategy: str = "auto",
+        head: str = "linear",
+        epochs: int | None = None,
+        weights: str | os.PathLike[str] = "auto",
+        lr: float | None = None,
+        batch_size: int = 32,
+        image_size: int | None = None,
+        drop_rate: float = 0.2,
+        label_smoothing: float = 0.1,
+        weight_decay: float = 0.02,
+        patience: int | None = 3,
+        monitor: str = "val_loss",
+        class_weights: bool = False,
+        seed: int = 0,
+        val_fraction: float = 0.2,
+        devices: int = 1,
+        accelerator: str = "auto",
+        precision: str = "32-true",
+        num_workers: int | None = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        allow_download: bool = True,
+        lr_mult: float | None = None,
+        augmented_views: int = 0,
+        runtime: str = "auto",
+        cache_dir: str | os.PathLike[str] | None = None,
+        calibrate: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.strategy = strategy
+        self.head = head
+        self.epochs = epochs
+        self.weights = weights
+        self.lr = lr
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.drop_rate = drop_rate
+        self.label_smoothing = label_smoothing
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.monitor = monitor
+        self.class_weights = class_weights
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.devices = devices
+        self.accelerator = accelerator
+        self.precision = precision
+        self.num_workers = num_workers
+        self.max_image_pixels = max_image_pixels
+        self.allow_download = allow_download
+        self.lr_mult = lr_mult
+        self.augmented_views = augmented_views
+        self.runtime = runtime
+        self.cache_dir = cache_dir
+        self.calibrate = calibrate
+        self.progress = progress
+
+    # -- scikit-learn conventions -------------------------------------------------------------------------
+    def _validate_params(self) -> None:
+        def bad(name: str, expected: str) -> ParameterError:
+            return ParameterError(
+                f"The '{name}' parameter of ImageClassifier must be {expected}. Got {getattr(self, name)!r}.",
+                fix=f"Pass {name} (CLI: --{name.replace('_', '-')}) as {expected}, or leave it unset for the default.",
+            )
+
+        check_choice("ImageClassifier", "strategy", self.strategy, ("auto", *STRATEGIES))
+        check_choice("ImageClassifier", "head", self.head, HEADS)
+        check_choice("ImageClassifier", "runtime", self.runtime, RUNTIMES)
+        if self.head != "linear" and self.strategy not in ("auto", "linear_probe"):
+            raise ParameterError(
+                f"The head {self.head!r} is a scikit-learn model on frozen features, so it cannot be trained with"
+                f" strategy={self.strategy!r} (which updates the backbone).",
+                fix="Use strategy='linear_probe' (or 'auto') with a scikit-learn head, or head='linear'.")
+        if not isinstance(self.augmented_views, int) or not 0 <= self.augmented_views <= 32:
+            raise bad("augmented_views", "an integer in [0, 32]")
+        if self.lr_mult is not None and (not isinstance(self.lr_mult, (int, float)) or not 0 < self.lr_mult <= 1):
+            raise bad("lr_mult", "a number in (0, 1] or None")
+        get_backbone_spec(self.backbone)
+        for name in ("batch_size", "devices", "max_image_pixels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise bad(name, "a positive integer")
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
+            raise bad("epochs", "a positive integer or None")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024):
+            raise bad("image_size", "an integer in [32, 1024] or None")
+        for name, low, high in (("drop_rate", 0.0, 0.95), ("label_smoothing", 0.0, 0.5), ("weight_decay", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not low <= value <= high:
+                raise bad(name, f"a number in [{low}, {high}]")
+        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1):
+            raise bad("lr", "a number in (0, 1) or None")
+        if not isinstance(self.val_fraction, float) or not 0 < self.val_fraction < 1:
+            raise bad("val_fraction", "a number in (0, 1)")
+
+    def _train_config(self) -> Any:
+        from headstart.training.loop import TrainConfig
+
+        return TrainConfig(
+            batch_size=self.batch_size, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+            patience=self.patience, monitor=self.monitor, class_weights=self.class_weights, seed=self.seed,
+            num_workers=self.num_workers, devices=self.devices, accelerator=self.accelerator,
+            precision=self.precision,
+        )
+
+    # -- training -------------------------------------------------------------------------------------------
+    def fit(self, data: str | os.PathLike[str], *, val: str | os.PathLike[str] | None = None,
+            out: str | os.PathLike[str] | None = None, resume: bool = False) -> "ImageClassifier":
+        """Train on an image folder; with ``out``, write the run (config, checkpoints, metrics, plots, model).
+
+        Args:
+            data: a class-folder root, or a root with ``train/`` and ``val/`` (optionally ``test/``).
+            val: validation class folders; default: ``data``'s own ``val/`` or a stratified hold-out.
+            out: the run folder. The model is saved to ``out/model``.
+            resume: continue the run in ``out`` from its last checkpoint.
+
+        Returns:
+            self, fitted: ``classes_``, ``model_``, ``preprocessing_``, ``history_``, ``metrics_`` (validation),
+            ``strategy_``, ``epochs_``, ``skipped_``.
+
+        Raises:
+            ParameterError, DataError, WeightsNotFoundError, ResumeError.
+        """
+        from headstart.data.images import load_image_dataset
+        from headstart.data.transforms import ImageDataset, build_transform
+        from headstart.models import create_backbone
+        from headstart.models.classifier_net import ClassifierNet
+        from headstart.training.loop import process_rank, train_classifier
+        from headstart.training.recipes import (
+            choose_strategy,
+            default_epochs,
+            plan_stages,
+        )
+
+        self._validate_params()
+        self.adaptation_ = None  # a refit model is no longer an adapted one
+        config = self._train_config()
+        config.validate()
+        if resume and out is None:
+            raise ParameterError("resume=True needs the run folder, but out is None.", fix="Pass out=RUN_DIR, the folder of the run to continue.")
+        started = time.perf_counter()
+        console = Console(quiet=not self.progress or process_rank() != 0)
+        run_dir = Path(out) if out is not None else None
+
+        splits = load_image_dataset(data, val=val, val_fraction=self.val_fraction, seed=self.seed,
+                                    max_pixels=self.max_image_pixels)
+        print_splits(console, splits)
+
+        strategy, epochs = self.strategy, self.epochs
+        n_train = len(splits.train)
+        if strategy == "auto" and self.head != "linear":
+            strategy = "linear_probe"
+            console.print(f"[bold]Strategy[/bold] linear_probe (the {self.head} head works on frozen features).",
+                          highlight=False)
+        elif strategy == "auto":
+            strategy, reason = choose_strategy(n_train)
+            console.print(f"[bold]Strategy[/bold] {strategy} ({reason}).", highlight=False)
+        if epochs is None:
+            epochs = default_epochs(strategy, n_train)
+        if strategy == "linear_probe":
+            # fit() always caches frozen features, so the head is solved in one step (see train.py)
+            if epochs != 1:
+                console.print(f"Note: epochs={epochs} is ignored: the linear head is solved on cached features.")
+                epochs = 1
+            console.print("Linear probe: the head is solved on cached frozen features." if self.head == "linear" else
+                          f"Frozen features + scikit-learn {self.head} head, chosen by cross-validation.")
+        else:
+            console.print(f"Epochs: {epochs}" + (" unfrozen, after one frozen head stage." if strategy == "fine_tune" else "."))
+        stages = plan_stages(strategy, epochs, lr=self.lr, lr_mult=self.lr_mult)
+
+        spec = get_backbone_spec(self.backbone)
+        preprocessing = spec.preprocessing()
+        image_size = self.image_size
+        fixed_size = bool(getattr(timm.models.get_pretrained_cfg(spec.timm_id), "fixed_input_size", False))
+        if fixed_size and image_size not in (None, preprocessing.input_size):
+            raise ParameterError(
+                f"Backbone {spec.name!r} ({spec.timm_id}) only accepts {preprocessing.input_size}px inputs."
+                f" Got image_size={image_size}.",
+                fix="Leave image_size unset for this backbone, or choose a convolutional backbone.",
+            )
+        if image_size is None and strategy == "linear_probe" and self.weights != "random" and not fixed_size:
+            image_size = frozen_feature_size(preprocessing.input_size)
+            if image_size != preprocessing.input_size:
+                console.print(f"Input {image_size}px for frozen features ({preprocessing.input_size}px x ~1.29, FixRes;"
+                              " set image_size to override).")
+        if image_size is not None:
+            preprocessing = Preprocessing.from_dict({**preprocessing.to_dict(), "input_size": image_size})
+        torch.manual_seed(self.seed)
+        model, source = create_backbone(self.backbone, len(splits.classes), weights=self.weights,
+                                        drop_rate=self.drop_rate, allow_download=self.allow_download)
+        console.print(f"[bold]Backbone[/bold] {spec.name} ({spec.timm_id}), weights from {source.description}; "
+                      f"input {preprocessing.input_size}px.")
+        net = ClassifierNet(model)
+        train_set = ImageDataset(splits.train.paths, splits.train.labels, build_transform(preprocessing, train=True),
+                                 max_pixels=self.max_image_pixels)
+        val_set = ImageDataset(splits.val.paths, splits.val.labels, build_transform(preprocessing, train=False),
+                               max_pixels=self.max_image_pixels)
+        # Frozen stages train the head on cached features of two deterministic views (centre crop, mirrored).
+        frozen_views = [
+            ImageDataset(splits.train.paths, splits.train.labels, build_transform(preprocessing, train=False, flip=flip),
+                         max_pixels=self.max_image_pixels)
+            for flip in (False, True)
+        ]
+
+        views = view_names(self.augmented_views)
+        extractor = self._feature_extractor(model, preprocessing, spec.architecture, console=console,
+                                            cache_features=True)
+
+        run_config = {
+            "params": self.plain_params(),
+            "data": str(Path(data).resolve()), "val": None if val is None else str(Path(val).resolve()),
+            "strategy": strategy, "epochs": epochs, "stages": [s.to_dict() for s in stages],
+            "backbone": {"name": spec.name, "timm_id": spec.timm_id, "weights": source.description},
+            "preprocessing": preprocessing.to_dict(), "train_config": asdict(config),
+        }
+        if run_dir is not None and process_rank() == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                # A fresh run must never be resumed from an older run's checkpoints left in the same folder.
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                atomic_write_json(run_dir / "config.json", run_config)
+            atomic_write_json(run_dir / "data.json", splits.summary())
+
+        self.head_ = None
+        self._predict_extractor = None  # a refit must never predict with the previous model's extractor
+        if self.head != "linear":
+            state, best_probabilities = self._fit_sklearn_head(extractor, splits, views, console)
+            model.reset_classifier(0)
+            self.is_main_process_, self.processes_ = True, 1
+        else:
+            state, fabric, best_probabilities = train_classifier(
+                net, train_set, val_set=val_set, stages=stages, config=config, run_dir=run_dir, resume=resume,
+                class_counts=list(splits.train.class_counts().values()), console=console, progress=self.progress,
+                frozen_views=frozen_views, extractor=extractor, view_names=views,
+            )
+            self.is_main_process_ = fabric.is_global_zero
+            self.processes_ = fabric.world_size
+        self.features_report_ = extractor.report.to_dict() if extractor is not None else None
+        self.model_ = net.model.cpu().to(memory_format=torch.contiguous_format).eval()
+        self.classes_ = list(splits.classes)
+        self.preprocessing_ = preprocessing
+        self.history_ = state.history
+        self.strategy_ = strategy
+        self.epochs_ = epochs
+        self.best_epoch_ = state.best_epoch
+        self.skipped_ = list(splits.skipped)
+        self.validation_ = validation_reference(splits.val.paths, splits.val.labels, kind="files")
+        self.backbone_spec_ = {"name": spec.name, "timm_id": spec.timm_id, "architecture": spec.architecture,
+                               "weights": source.description}
+        self.train_config_ = asdict(config)
+        self.stages_ = [s.to_dict() for s in stages]
+
+        # The restored epoch's validation predictions are kept by the loop; recompute only after a resume.
+        self.temperature_ = 1.0
+        probabilities = best_probabilities if best_probabilities is not None else self.predict_proba(splits.val.paths)
+        self.metrics_ = classification_metrics(splits.val.labels, probabilities, classes=self.classes_, seed=self.seed)
+        calibration = calibrate_on_validation(probabilities, np.asarray(splits.val.labels), enabled=self.calibrate,
+                                              console=console)
+        self.temperature_, self.calibration_, self._calibration = (calibration.temperature, calibration.report,
+                                                                   calibration)
+        self.metrics_["split"] = "validation"
+        self.metrics_["model_selection"] = (
+            f"best epoch ({state.best_epoch} of {len(state.history)}) chosen by {config.monitor} on this validation"
+            " data; for an unbiased estimate evaluate on a separate test set"
+            if len(state.history) > 1 else
+            "none on this validation data (one epoch; a solved head's penalty is chosen by cross-validation on"
+            " the training images)"
+        )
+        self.fit_seconds_ = round(time.perf_counter() - started, 1)
+        if run_dir is not None and self.is_main_process_:
+            self._write_run(run_dir, splits.skipped, console)
+        return self
+
+    def _feature_extractor(self, model: torch.nn.Module, preprocessing: Preprocessing, architecture: str, *,
+                           console: Console, cache_features: bool) -> FeatureExtractor | None:
+        """Frozen features through the store and the fastest runtime (one CPU process only). With a GPU in use the
+        torch loop runs instead, except for a scikit-learn head on ``accelerator="auto"``: the head runs on the CPU
+        anyway, so its features do too (found on an H100: such a head was refused whenever a GPU was present)."""
+        gpu = self.accelerator not in ("auto", "cpu") or (self.accelerator == "auto" and torch.cuda.is_available())
+        if self.devices > 1 or (gpu and (self.head == "linear" or self.accelerator != "auto")):
+            return None
+        store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
+        return FeatureExtractor(model, preprocessing=preprocessing, architecture=architecture, store=store,
+                                cache_features=cache_features, runtime=self.runtime, batch_size=self.batch_size,
+                                num_workers=self.num_workers, progress=self.progress, console=console,
+                                max_pixels=self.max_image_pixels,
+                                warn=lambda message: console.print(f"[yellow]Warning:[/yellow] {message}"))
+
+    def _fit_sklearn_head(self, extractor: FeatureExtractor | None, splits: DatasetSplits, views: list[str],
+                          console: Console) -> tuple[Any, np.ndarray]:
+        """Frozen features of every view -> a scikit-learn head chosen by CV; one history record."""
+        from headstart.evaluation.metrics import log_loss
+        from headstart.training.heads import fit_sklearn_head
+        from headstart.training.loop import TrainState
+
+        if extractor is None:
+            raise ParameterError(f"The scikit-learn head {self.head!r} runs on the CPU in one process.",
+                                 fix="Use devices=1 and accelerator='cpu' with a scikit-learn head.")
+        started = time.perf_counter()
+        train = np.concatenate([extractor.extract(splits.train.paths, view=v) for v in views])
+        labels = np.tile(np.asarray(splits.train.labels), len(views))
+        val = extractor.extract(splits.val.paths)
+        console.print(f"Frozen {extractor.report.describe()}; views {', '.join(views)}.", highlight=False)
+        fit = fit_sklearn_head(self.head, train, labels, n_views=len(views), class_weight=self.class_weights,
+                               seed=self.seed)
+        self.head_ = fit.estimator
+        train_probabilities = fit.estimator.predict_proba(train[: len(splits.train)])
+        probabilities = fit.estimator.predict_proba(val)
+        val_labels = np.asarray(splits.val.labels)
+        record = {"epoch": 1, "stage": "head", "train_loss": log_loss(train_probabilities, labels[: len(splits.train)]),
+                  "train_accuracy": float((train_probabilities.argmax(1) == labels[: len(splits.train)]).mean()),
+                  "val_loss": log_loss(probabilities, val_labels),
+                  "val_accuracy": float((probabilities.argmax(1) == val_labels).mean()), "lr": 0.0,
+                  "head_selection": fit.summary(), "seconds": round(time.perf_counter() - started, 2)}
+        console.print(f"{self.head} head: {fit.params or 'defaults'} ({fit.summary()['selection']});"
+                      f" val acc {record['val_accuracy']:.3f}", highlight=False)
+        return TrainState(epoch=1, best_epoch=1, history=[record], finished=True), probabilities
+
+    def _write_run(self, run_dir: Path, skipped: list[SkippedFile], console: Console) -> None:
+        model_dir = self.save(run_dir / "model")
+        write_run_report(
+            run_dir, model_dir=model_dir, metrics=self.metrics_, history=self.history_, best_epoch=self.best_epoch_,
+            classes=self.classes_, calibration=getattr(self, "_calibration", Calibration()), skipped=skipped,
+            console=console,
+            title=(f"backbone {self.backbone_spec_['name']} ({self.backbone_spec_['weights']}), strategy"
+                   f" {self.strategy_}, {len(self.history_)} of {self.epochs_} epochs, best epoch {self.best_epoch_},"
+                   f" {self.fit_seconds_}s"),
+            extra_metrics={"strategy": self.strategy_, "epochs": self.epochs_, "best_epoch": self.best_epoch_,
+                           "fit_seconds": self.fit_seconds_, "processes": self.processes_,
+                           "skipped_count": len(skipped), "features": self.features_report_})
+
+    # -- prediction and evaluation ---------------------------------------------------------------------------
+    def predict_proba(self, images: Sequence[str | os.PathLike[str]], *, batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities, shape (len(images), len(classes_)); columns follow ``classes_``.
+
+        Raises:
+            NotFittedError: before fit/load.
+            ImageDecodeError: a file that cannot be read (the message names it).
+        """
+        self._check_fitted("predict_proba")
+        if isinstance(images, (str, os.PathLike)):
+            images = [images]
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes_)), dtype=np.float32)
+        if getattr(self, "head_", None) is not None or self.strategy_ == "linear_probe":
+            # the backbone is the frozen pretrained one: run it through the fast feature runtime
+            if getattr(self, "_predict_extractor", None) is None:
+                self._predict_extractor = self._feature_extractor(
+                    self.model_, self.preprocessing_, self.backbone_spec_["architecture"],
+                    console=Console(quiet=True), cache_features=False)
+        else:
+            self._predict_extractor = None
+        if self._predict_extractor is not None:
+            self._predict_extractor.batch_size = batch_size or self.batch_size
+            features = self._predict_extractor.extract(list(images))
+            if self.head_ is not None:
+                probabilities = self.head_.predict_proba(features).astype(np.float32)
+            else:
+                with torch.no_grad():
+                    logits = self.model_.get_classifier()(torch.from_numpy(features))
+                probabilities = torch.softmax(logits.float(), dim=1).numpy()
+        else:
+            probabilities = predict_files(self.model_, list(images), preprocessing=self.preprocessing_,
+                                          batch_size=batch_size or self.batch_size,
+                                          num_workers=self.num_workers, max_pixels=self.max_image_pixels)
+        temperature = getattr(self, "temperature_", 1.0)
+        return probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature).astype(np.float32)
+
+    def predict(self, images: Sequence[str | os.PathLike[str]]) -> list[str]:
+        """The most probable class name for each image."""
+        probabilities = self.predict_proba(images)
+        return [self.classes_[i] for i in probabilities.argmax(axis=1)]
+
+    def evaluate(self, data: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None,
+                 n_bootstrap: int = 1000) -> dict[str, Any]:
+        """Metrics on a labelled class-folder (its classes must be among ``classes_``); with ``out``, write
+        ``metrics.json``, ``confusion_matrix.png`` and the list of skipped files there.
+        """
+        self._check_fitted("evaluate")
+        samples, skipped = scan_image_folder(data, classes=self.classes_, role="evaluation",
+                                             max_pixels=self.max_image_pixels, require_all_classes=False)
+        if len(samples) == 0:
+            raise DataError(
+                f"The evaluation folder {data} has no images in class subfolders named like the model's classes"
+                f" {self.classes_}.",
+                fix="Arrange labelled images as DATA/<class name>/<image>; use `predict` for unlabelled images.",
+            )
+        console = Console(quiet=not self.progress)
+        console.print(f"[bold]Evaluation[/bold] on {data} ({len(samples)} images)", highlight=False)
+        print_skipped(console, skipped)
+        probabilities = self.predict_proba(samples.paths)
+        metrics = classification_metrics(samples.labels, probabilities, classes=self.classes_, n_bootstrap=n_bootstrap,
+                                         seed=self.seed)
+        metrics.update({"split": "evaluation", "data": str(Path(data).resolve()), "skipped_count": len(skipped),
+                        "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
+        if out is not None:
+            out = Path(out)
+            atomic_write_json(out / "metrics.json", metrics)
+            plot_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png", classes=self.classes_,
+                                  title=f"Confusion matrix ({Path(data).name})")
+            predictions = [
+                {"path": str(p), "true": self.classes_[t], "predicted": self.classes_[int(np.argmax(row))],
+                 "probability": float(np.max(row))}
+                for p, t, row in zip(samples.paths, samples.labels, probabilities)
+            ]
+            atomic_write_json(out / "predictions.json", predictions)
+        console.print(format_summary(metrics))
+        return metrics
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fitted model as a bundle folder (safetensors + config.json), atomically.
+
+        On a non-zero rank of a multi-process run this does nothing (rank 0 writes).
+        """
+        self._check_fitted("save")
+        if not getattr(self, "is_main_process_", True):
+            return Path(path)
+        params = self.plain_params()
+        config = {
+            "task": "image_classification",
+            "architecture": self.backbone_spec_["architecture"],
+            "backbone": self.backbone_spec_,
+            "classes": self.classes_,
+            "preprocessing": self.preprocessing_.to_dict(),
+            "strategy": self.strategy_,
+            "stages": self.stages_,
+            "epochs": self.epochs_,
+            "best_epoch": self.best_epoch_,
+            "params": params,
+            "training": self.train_config_,
+            "history": self.history_,
+            "metrics": getattr(self, "metrics_", None),
+            "temperature": getattr(self, "temperature_", 1.0),
+            "calibration": getattr(self, "calibration_", None),
+            "head": self._head_config(),
+            "adaptation": getattr(self, "adaptation_", None),
+        }
+        return save_bundle(path, self.model_, config, head=getattr(self, "head_", None),
+                           validation=getattr(self, "validation_", None))
+
+    def _head_config(self) -> dict[str, Any]:
+        if getattr(self, "head_", None) is not None:
+            return {"kind": "sklearn", "name": self.head, "backbone_classes": 0}
+        classifier = self.model_.get_classifier()
+        return classifier.config() if isinstance(classifier, FeatureMLP) else {"kind": "linear"}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "ImageClassifier":
+        """Load a model folder written by :meth:`save` or ``headstart train``; ready to predict/evaluate.
+
+        Raises:
+            BundleError: not a model folder, or damaged.
+        """
+        bundle = load_bundle(path)
+        config = bundle.config
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        classifier = cls(**{k: v for k, v in config.get("params", {}).items() if k in known})
+        classifier.model_ = bundle.model
+        classifier.classes_ = bundle.classes
+        classifier.preprocessing_ = bundle.preprocessing
+        classifier.history_ = config.get("history", [])
+        classifier.strategy_ = config.get("strategy")
+        classifier.stages_ = config.get("stages", [])
+        classifier.epochs_ = config.get("epochs")
+        classifier.best_epoch_ = config.get("best_epoch")
+        classifier.backbone_spec_ = config["backbone"]
+        classifier.train_config_ = config.get("training", {})
+        classifier.metrics_ = config.get("metrics")
+        classifier.temperature_ = float(config.get("temperature", 1.0))
+        classifier.calibration_ = config.get("calibration")
+        classifier.head_ = bundle.head
+        classifier.validation_ = bundle.validation
+        classifier.adaptation_ = config.get("adaptation")
+        classifier.skipped_ = []
+        classifier.is_main_process_ = True
+        return classifier
+
+    @classmethod
+    def from_frozen_model(cls, model: torch.nn.Module, *, classes: Sequence[str], preprocessing: Preprocessing,
+                          backbone_spec: dict[str, Any], params: dict[str, Any], metrics: dict[str, Any] | None,
+                          history: list[dict[str, Any]], validation: dict[str, Any] | None,
+                          adaptation: dict[str, Any] | None = None) -> "ImageClassifier":
+        """A fitted linear-probe classifier from a frozen pretrained backbone whose classifier (a linear layer or a
+        :class:`~headstart.models.heads.FeatureMLP`) was trained elsewhere on its pooled features, e.g. by domain
+        adaptation. It predicts, evaluates and saves like one from :meth:`fit`."""
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        classifier = cls(**{k: v for k, v in params.items() if k in known})
+        classifier.model_ = model.eval()
+        classifier.classes_ = list(classes)
+        classifier.preprocessing_ = preprocessing
+        classifier.history_ = history
+        classifier.strategy_ = "linear_probe"
+        classifier.stages_ = []
+        classifier.epochs_ = 1
+        classifier.best_epoch_ = 1
+        classifier.backbone_spec_ = backbone_spec
+        classifier.train_config_ = {}
+        classifier.metrics_ = metrics
+        classifier.temperature_ = 1.0
+        classifier.calibration_ = None
+        classifier.head_ = None
+        classifier.validation_ = validation
+        classifier.adaptation_ = adaptation
+        classifier.skipped_ = []
+        classifier.is_main_process_ = True
+        return classifier

@@ -1,0 +1,96 @@
+"""The image classification network: a timm model with a new head, whose backbone can be frozen in groups."""
+
+from __future__ import annotations
+
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+__all__ = ["ClassifierNet", "layer_groups", "N_BACKBONE_GROUPS"]
+
+# Number of backbone layer groups that get their own learning rate when the backbone is unfrozen.
+N_BACKBONE_GROUPS = 3
+
+
+class ClassifierNet(nn.Module):
+    """A timm model with a new head, that can run with its backbone frozen.
+
+    When frozen, the backbone runs under ``no_grad`` and stays in eval mode (its BatchNorm statistics do not
+    move); only the classifier trains. ``forward_features`` / ``forward_head`` are timm's head API.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.backbone_frozen = False
+        self.batchnorm_frozen = False
+        # timm's initialisations scale the classifier by 1/sqrt(num_classes) (EfficientNet: std 0.41 for two
+        # classes), which starts a new head with confident random logits. A small init starts it near uniform.
+        for module in model.get_classifier().modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+
+    def freeze_backbone(self, frozen: bool, *, freeze_batchnorm: bool = False,
+                        trainable_groups: int | None = None) -> None:
+        """Freeze the whole backbone, or (``trainable_groups=k``) all but its last ``k`` layer groups."""
+        self.backbone_frozen = frozen
+        self.batchnorm_frozen = freeze_batchnorm
+        trainable = {id(p) for p in self.model.get_classifier().parameters()}
+        if not frozen:
+            groups, _ = layer_groups(self.model)
+            chosen = groups if trainable_groups is None else groups[len(groups) - trainable_groups:]
+            trainable |= {id(p) for group in chosen for p in group}
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(id(parameter) in trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ClassifierNet":
+        super().train(mode)
+        if self.backbone_frozen:
+            classifier = set(self.model.get_classifier().modules())
+            for module in self.model.modules():
+                # The root keeps its flag so head dropout (which reads the root's .training) still works.
+                if module is not self.model and module not in classifier:
+                    module.training = False
+        elif self.batchnorm_frozen:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.training = False
+        return self
+
+    @torch.no_grad()
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """What the frozen backbone feeds the classifier: pooled features, shape (batch, num_features)."""
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits from images (batch, 3, H, W), or from cached :meth:`pooled_features` (batch, features)."""
+        if images.ndim == 2:
+            features = nn.functional.dropout(images, p=float(getattr(self.model, "drop_rate", 0.0)),
+                                             training=self.training)
+            return self.model.get_classifier()(features)
+        if self.backbone_frozen:
+            with torch.no_grad():
+                features = self.model.forward_features(images)
+            return self.model.forward_head(features)
+        return self.model(images)
+
+
+def layer_groups(model: nn.Module, n_groups: int = N_BACKBONE_GROUPS) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
+    """Split a timm model's parameters into ``n_groups`` backbone groups (earliest first) and the head.
+
+    Uses timm's coarse group matcher (stem, stages/blocks, head), merged into ``n_groups`` nearly equal runs.
+    """
+    head = list(model.get_classifier().parameters())
+    head_ids = {id(p) for p in head}
+    named = dict(model.named_parameters())
+    ordered: list[list[nn.Parameter]] = []
+    for names in group_parameters(model, model.group_matcher(coarse=True)).values():
+        members = [named[n] for n in names if id(named[n]) not in head_ids]
+        if members:
+            ordered.append(members)
+    n_groups = max(1, min(n_groups, len(ordered)))
+    bounds = [round(i * len(ordered) / n_groups) for i in range(n_groups + 1)]
+    groups = [[p for chunk in ordered[bounds[i]:bounds[i + 1]] for p in chunk] for i in range(n_groups)]
+    return groups, head
