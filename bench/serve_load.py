@@ -373,7 +373,7 @@ def find_export(bundle: Path, workdir: Path) -> tuple[Path, str]:
     """The model.onnx the server ran (its export cache), else a fresh export into ``workdir``."""
     from headstart.deploy.export import MODEL_FILES, export_bundle
     from headstart.deploy.predictor import load_predictor
-    from headstart.deploy.serve import _export_cache
+    from headstart.deploy.serve.app import _export_cache
 
     cached = _export_cache(load_predictor(bundle)) / MODEL_FILES["onnx"]
     if cached.is_file():

@@ -22,13 +22,18 @@ from torch import nn
 from headstart.bundle import Bundle, library_versions, load_bundle
 from headstart.data.images import ImageDecodeError, list_image_files, load_image
 from headstart.errors import ExportError, HeadstartError
+from headstart.models.onnx import (
+    ONNX_OPSET,
+    create_session,
+    export_onnx_graph,
+    measure_parity,
+)
 from headstart.storage import atomic_directory, atomic_write_json
 
 __all__ = ["export_dense_bundle", "SegmentationGraph", "BOX_MAX_ABS_DIFF"]
 
 PARITY_MAX_ABS_DIFF = 1e-4
 BOX_MAX_ABS_DIFF = 1e-2
-ONNX_OPSET = 17
 SIDECAR_FILE = "headstart-export.json"
 
 
@@ -77,41 +82,36 @@ def _export_segmentation(bundle: Bundle, folder: Path, images: list[Any], format
     graph = SegmentationGraph(bundle).eval()
     example = torch.from_numpy(_pixels(images[0]))
     path = folder / ("model.onnx" if format == "onnx" else "model.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if format == "onnx":
-            torch.onnx.export(graph, (example,), str(path), dynamo=False, input_names=["images"],
-                              output_names=["probabilities"], opset_version=ONNX_OPSET,
-                              dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                                            "probabilities": {0: "batch", 2: "height", 3: "width"}})
-        else:
-            torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(path))
     if format == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        run = lambda x: session.run(None, {"images": x})[0]
+        export_onnx_graph(graph, path, (example,), input_names=["images"], output_names=["probabilities"],
+                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                                        "probabilities": {0: "batch", 2: "height", 3: "width"}})
+        session = create_session(path)
+        run = lambda x: session.run({"images": x})[0]
     else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(path))
         loaded = torch.jit.load(str(path)).eval()
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
                 return loaded(torch.from_numpy(x)).numpy()
-    worst, agree, total = 0.0, 0, 0
-    # plus an odd-sized crop: the graph must pad and crop for sizes the example did not have
-    first = images[0]
-    odd = first.crop((0, 0, max(33, first.width - 37), max(33, first.height - 21)))
-    for image in [*images, odd]:
+
+    def outputs(image: Any) -> tuple[np.ndarray, np.ndarray]:
         pixels = _pixels(image)
         with torch.inference_mode():
             expected = graph(torch.from_numpy(pixels)).numpy()
-        got = run(pixels)
-        worst = max(worst, float(np.abs(expected - got).max()))
-        agree += int((expected.argmax(1) == got.argmax(1)).sum())
-        total += int(expected[:, 0].size)
-    parity = {"n_inputs": len(images) + 1, "max_abs_diff": worst, "pixel_agreement": agree / max(1, total),
+        return expected, run(pixels)
+
+    # plus an odd-sized crop: the graph must pad and crop for sizes the example did not have
+    first = images[0]
+    odd = first.crop((0, 0, max(33, first.width - 37), max(33, first.height - 21)))
+    measured = measure_parity(outputs(image) for image in [*images, odd])  # agreement: per pixel
+    worst = measured.max_abs_diff
+    parity = {"n_inputs": measured.n_inputs, "max_abs_diff": worst, "pixel_agreement": measured.top1_agreement,
               "max_allowed": PARITY_MAX_ABS_DIFF}
-    if worst > PARITY_MAX_ABS_DIFF:
+    if not worst <= PARITY_MAX_ABS_DIFF:  # also catches NaN
         raise ExportError(f"The {format} model does not match torch on {len(images)} real images: max |difference| of"
                           f" pixel probabilities {worst:.3g} (allowed {PARITY_MAX_ABS_DIFF:g}). Nothing was written.",
                           fix="Try the other --format; report the backbone if both fail.")
@@ -126,18 +126,13 @@ def _export_detection(bundle: Bundle, folder: Path, images: list[Any], format: s
     if format != "onnx":
         raise ExportError("Detection models export to ONNX only (torchvision's Faster R-CNN is not traceable to"
                           " TorchScript with its image-list input).", fix="Use --format onnx.")
-    import onnxruntime as ort
-
     model = bundle.model.eval()
     path = folder / "model.onnx"
     example = _detection_tensor(images[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, ([example],), str(path), dynamo=False, input_names=["image"],
-                          output_names=["boxes", "labels", "scores"], opset_version=ONNX_OPSET,
-                          dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
-                                        "labels": {0: "detections"}, "scores": {0: "detections"}})
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    export_onnx_graph(model, path, ([example],), input_names=["image"], output_names=["boxes", "labels", "scores"],
+                      dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
+                                    "labels": {0: "detections"}, "scores": {0: "detections"}})
+    session = create_session(path)
     box_diff = score_diff = 0.0
     same = True
     n_boxes = 0
@@ -145,7 +140,7 @@ def _export_detection(bundle: Bundle, folder: Path, images: list[Any], format: s
         tensor = _detection_tensor(image)
         with torch.inference_mode():
             expected = model([tensor])[0]
-        boxes, labels, scores = session.run(None, {"image": tensor.numpy()})
+        boxes, labels, scores = session.run({"image": tensor.numpy()})
         if len(boxes) != len(expected["boxes"]) or not np.array_equal(labels, expected["labels"].numpy()):
             same = False
             break

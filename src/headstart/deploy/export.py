@@ -35,6 +35,7 @@ from headstart.deploy.predictor import (
 )
 from headstart.errors import DataError, ExportError, HeadstartError, check_choice
 from headstart.models.dense import DENSE_TASKS
+from headstart.models.onnx import ONNX_OPSET, export_onnx_graph, measure_parity
 from headstart.storage import atomic_directory, atomic_write_json, read_json
 
 __all__ = ["FORMATS", "PARITY_MAX_ABS_DIFF", "SIDECAR_FILE", "export_bundle", "reference_items", "parity_report",
@@ -43,7 +44,6 @@ __all__ = ["FORMATS", "PARITY_MAX_ABS_DIFF", "SIDECAR_FILE", "export_bundle", "r
 FORMATS = ("onnx", "torchscript")
 PARITY_MAX_ABS_DIFF = 1e-4
 SIDECAR_FILE = "headstart-export.json"
-ONNX_OPSET = 17
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 QUANTIZED_FILE = "model.int8.onnx"
 TRANSFORMER_QUANTIZE_OPS = ("MatMul", "Gemm")
@@ -141,12 +141,9 @@ def _batches(predictor: Predictor, decoded: list[Any], batch_size: int) -> list[
 def parity_report(reference: Callable[[dict[str, np.ndarray]], np.ndarray],
                   candidate: Callable[[dict[str, np.ndarray]], np.ndarray],
                   batches: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Max |p_candidate - p_reference| and top-1 agreement over ``batches`` of prepared inputs."""
-    expected = np.concatenate([np.asarray(reference(b), dtype=np.float32) for b in batches])
-    got = np.concatenate([np.asarray(candidate(b), dtype=np.float32) for b in batches])
-    return {"n_inputs": int(len(expected)), "max_abs_diff": float(np.abs(expected - got).max()),
-            "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
-            "top1_identical": bool((expected.argmax(1) == got.argmax(1)).all())}
+    """Max |p_candidate - p_reference| and top-1 agreement over ``batches`` of prepared inputs
+    (:func:`headstart.models.onnx.measure_parity` on each batch's outputs)."""
+    return measure_parity((reference(b), candidate(b)) for b in batches).to_dict()
 
 
 def _dynamic_axes(predictor: Predictor, output: str) -> dict[str, dict[int, str]]:
@@ -159,11 +156,8 @@ def _dynamic_axes(predictor: Predictor, output: str) -> dict[str, dict[int, str]
 def export_onnx_file(predictor: Predictor, path: Path, example: dict[str, np.ndarray]) -> Path:
     """Write the predictor's graph (inputs -> probabilities) to ``path`` as ONNX with dynamic batch axes."""
     output = "features" if predictor.head is not None else "probabilities"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
-        torch.onnx.export(predictor.module, as_tensors(example), str(path), dynamo=False,
-                          input_names=predictor.input_names, output_names=[output], opset_version=ONNX_OPSET,
-                          dynamic_axes=_dynamic_axes(predictor, output))
+    export_onnx_graph(predictor.module, path, as_tensors(example), input_names=predictor.input_names,
+                      output_names=[output], dynamic_axes=_dynamic_axes(predictor, output))
     if predictor.head is not None:
         _append_sklearn_head(path, predictor.head, temperature=predictor.module.temperature)
     return path
@@ -329,6 +323,40 @@ def _task_of(bundle: str | os.PathLike[str]) -> str | None:
         return None  # load_bundle reports the damaged folder
 
 
+def _export_checked(predictor: Predictor, model_path: Path, format: str, parity_batches: list[dict[str, np.ndarray]],
+                    *, source: str) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], dict[str, Any]]:
+    """Write the model file, then hold it against torch on ``parity_batches``.
+
+    Returns:
+        The exported model as a runner (arrays -> probabilities) and the parity figures for the sidecar.
+
+    Raises:
+        ExportError: the exporter fails (its first line is quoted), or the file does not match torch.
+    """
+    try:
+        if format == "onnx":
+            export_onnx_file(predictor, model_path, parity_batches[0])
+            exported: Callable[[dict[str, np.ndarray]], np.ndarray] = OnnxBackend(model_path)
+        else:
+            _export_torchscript(predictor, model_path, parity_batches[0])
+            exported = _torchscript_runner(model_path, predictor.input_names)
+    except HeadstartError:
+        raise
+    except Exception as error:  # noqa: BLE001 - exporters fail in many ways; the user needs the first line
+        raise ExportError(f"Exporting {predictor.bundle.path} to {format} failed: {type(error).__name__}:"
+                          f" {str(error).splitlines()[0][:300] if str(error) else ''}",
+                          fix="Try the other --format, or report the model type.") from None
+    parity = parity_report(TorchBackend(predictor.module, head=predictor.head), exported, parity_batches)
+    parity.update({"max_allowed": PARITY_MAX_ABS_DIFF, "inputs": source})
+    if not (parity["max_abs_diff"] <= PARITY_MAX_ABS_DIFF and parity["top1_identical"]):
+        raise ExportError(
+            f"The {format} model does not match torch on {parity['n_inputs']} real inputs: max |difference| of"
+            f" probabilities {parity['max_abs_diff']:.3g} (allowed {PARITY_MAX_ABS_DIFF:g}), top-1 agreement"
+            f" {parity['top1_agreement']:.3f}. Nothing was written.",
+            fix="Try the other --format; report the model type if both fail.")
+    return exported, parity
+
+
 def export_bundle(bundle: str | os.PathLike[str] | Predictor, out: str | os.PathLike[str], *, format: str = "onnx",
                   data: str | os.PathLike[str] | None = None, quantize: bool = False,
                   quantize_ops: Sequence[str] | None = None, max_parity_items: int = 64, batch_size: int = 16
@@ -382,27 +410,7 @@ def export_bundle(bundle: str | os.PathLike[str] | Predictor, out: str | os.Path
     started = time.perf_counter()
     with atomic_directory(out) as folder:
         model_path = folder / MODEL_FILES[format]
-        try:
-            if format == "onnx":
-                export_onnx_file(predictor, model_path, parity_batches[0])
-                exported = OnnxBackend(model_path)
-            else:
-                _export_torchscript(predictor, model_path, parity_batches[0])
-                exported = _torchscript_runner(model_path, predictor.input_names)
-        except HeadstartError:
-            raise
-        except Exception as error:  # noqa: BLE001 - exporters fail in many ways; the user needs the first line
-            raise ExportError(f"Exporting {predictor.bundle.path} to {format} failed: {type(error).__name__}:"
-                              f" {str(error).splitlines()[0][:300] if str(error) else ''}",
-                              fix="Try the other --format, or report the model type.") from None
-        parity = parity_report(TorchBackend(predictor.module, head=predictor.head), exported, parity_batches)
-        parity.update({"max_allowed": PARITY_MAX_ABS_DIFF, "inputs": source})
-        if not (parity["max_abs_diff"] <= PARITY_MAX_ABS_DIFF and parity["top1_identical"]):
-            raise ExportError(
-                f"The {format} model does not match torch on {parity['n_inputs']} real inputs: max |difference| of"
-                f" probabilities {parity['max_abs_diff']:.3g} (allowed {PARITY_MAX_ABS_DIFF:g}), top-1 agreement"
-                f" {parity['top1_agreement']:.3f}. Nothing was written.",
-                fix="Try the other --format; report the model type if both fail.")
+        exported, parity = _export_checked(predictor, model_path, format, parity_batches, source=source)
         if (predictor.bundle.path / ENCODER_DIR).is_dir() and predictor.task in ("text", "audio"):
             shutil.copytree(predictor.bundle.path / ENCODER_DIR, folder / "preprocessor")
         sidecar: dict[str, Any] = {

@@ -28,6 +28,7 @@ from torch import nn
 from headstart.bundle import Bundle, load_bundle
 from headstart.errors import ParameterError
 from headstart.evaluation.calibration import apply_temperature
+from headstart.models.onnx import create_session
 
 __all__ = ["InputSpec", "ProbabilityModule", "Predictor", "TorchBackend", "OnnxBackend", "load_predictor",
            "top_labels", "as_tensors"]
@@ -113,28 +114,22 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """Arrays -> probabilities with an exported ``model.onnx`` under ONNX Runtime (CPU)."""
+    """Arrays -> probabilities with an exported ``model.onnx`` under ONNX Runtime (CPU).
+
+    The session and its thread settings are :func:`headstart.models.onnx.create_session`'s, as in every other
+    place headstart runs an ONNX graph; ``spinning=False`` suits a process that decodes uploads between passes.
+    """
 
     name = "onnxruntime"
 
     def __init__(self, onnx_path: str | os.PathLike[str], *, threads: int | None = None, spinning: bool = True) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or max(1, torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        if not spinning:
-            # idle pool threads otherwise spin for work, burning the cores a service needs to decode uploads
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.path = Path(onnx_path)
-        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.graph = create_session(onnx_path, threads=threads, spinning=spinning)
+        self.path = self.graph.path
+        self.session = self.graph.session  # bench/serve_load.py reads its thread count
+        self.input_names = list(self.graph.input_names)
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {name: arrays[name] for name in self.input_names}
-        return self.session.run(None, feed)[0]
+        return self.graph.run(arrays)[0]
 
 
 class Predictor:

@@ -7,12 +7,12 @@ cosine similarity of every feature row must be >= :data:`PARITY_MIN_COSINE`, oth
 uses torch.
 
 Runtimes, in the order ``runtime="auto"`` tries them: ``openvino`` (when installed), ``onnxruntime``,
-``torch`` (eager, channels_last).
+``torch`` (eager, channels_last). Exporting and the ONNX Runtime session come from :mod:`headstart.models.onnx`
+(shared with ``headstart export``); what is OpenVINO's, and the cosine check, is here.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from headstart.errors import ParameterError, check_choice
-from headstart.storage import temporary_sibling
+from headstart.models.onnx import create_session, export_onnx_graph, inference_threads
 
 __all__ = [
     "RUNTIMES",
@@ -38,7 +38,6 @@ __all__ = [
 
 RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
 PARITY_MIN_COSINE = 0.9999
-ONNX_OPSET = 17
 
 
 class PooledFeatures(nn.Module):
@@ -110,38 +109,17 @@ def _torch_engine(module: nn.Module) -> FeatureEngine:
 
 
 def export_onnx(module: nn.Module, path: Path, *, image_size: int) -> Path:
-    """Export ``module`` (images -> features) to ONNX with a dynamic batch axis, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(
-                module.eval(), (torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8),), str(temporary), dynamo=False,
-                input_names=["images"], output_names=["features"], opset_version=ONNX_OPSET,
-                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-            )
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
+    """Export ``module`` (uint8 images -> features) to ONNX with a dynamic batch axis, atomically."""
+    example = (torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8),)
+    return export_onnx_graph(module.eval(), path, example, input_names=["images"], output_names=["features"],
+                             dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
 
 
 def _onnxruntime_engine(onnx_path: Path) -> FeatureEngine:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = _threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = create_session(onnx_path)
 
     def run(images: np.ndarray) -> np.ndarray:
-        return session.run(None, {"images": images})[0]
+        return session.run({"images": images})[0]
 
     return FeatureEngine("onnxruntime", run)
 
@@ -153,7 +131,7 @@ def _openvino_engine(onnx_path: Path) -> FeatureEngine:
     core.set_property({"CACHE_DIR": str(onnx_path.parent / "openvino")})  # compiled blobs reused across runs
     # LATENCY runs one request on all threads: measured faster than THROUGHPUT for one synchronous caller.
     compiled = core.compile_model(str(onnx_path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                          "INFERENCE_NUM_THREADS": _threads(),
+                                                          "INFERENCE_NUM_THREADS": inference_threads(),
                                                           "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
 

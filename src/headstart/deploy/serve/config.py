@@ -1,0 +1,81 @@
+"""What the HTTP service is configured with: one dataclass, checked before the service starts.
+
+The CLI options of ``headstart serve`` map one to one onto :class:`ServeConfig`; ``run_server`` sends it as JSON to
+each worker process, so it holds plain values only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from headstart.errors import ParameterError, check_choice
+
+__all__ = ["ServeConfig", "BACKENDS", "MAX_LOGGED_EMBEDDINGS"]
+
+BACKENDS = ("auto", "onnxruntime", "torch")
+MAX_LOGGED_EMBEDDINGS = 100_000
+
+
+@dataclass
+class ServeConfig:
+    """Everything the service is configured with (CLI options map one to one).
+
+    Args:
+        bundle: the model folder to serve.
+        backend: ``auto`` (ONNX Runtime when the exported graph passes its parity check, else torch),
+            ``onnxruntime`` or ``torch``.
+        data: real inputs for the export's parity check when the bundle records no validation inputs.
+        max_upload_bytes: largest request body accepted (413 above).
+        max_image_pixels: images with more pixels (width x height) are refused (413).
+        max_items: most items in one request (413 above).
+        max_text_chars: longest text accepted (413 above).
+        request_timeout: seconds for reading a body and for its prediction (408 / 504 beyond).
+        max_batch: most items in one forward pass. Measured on EfficientNet-Lite0 (2 CPU cores): a forward pass
+            costs about the same per image at batch 1, 8 or 32, so batches beyond 8 only add waiting (32
+            concurrent clients: 52 images/s with batches of 8 against 43 with batches of 32).
+        batch_window_ms: how long a batch may wait for requests still being decoded.
+        top_k: labels returned per item unless the request asks for another number.
+        threads: inference threads (default: torch's setting, i.e. the cores).
+        log_embeddings: image models: keep the backbone embeddings of the last N predicted images, and answer
+            ``GET /shift`` with their shift from the training data (see :mod:`headstart.deploy.shift`). Costs one more
+            backbone pass per image (torch); 0 (default) turns it off.
+    """
+
+    bundle: str
+    backend: str = "auto"
+    data: str | None = None
+    max_upload_bytes: int = 20 * 2**20
+    max_image_pixels: int = 40_000_000
+    max_items: int = 64
+    max_text_chars: int = 20_000
+    request_timeout: float = 30.0
+    max_batch: int = 8
+    batch_window_ms: float = 4.0
+    top_k: int = 5
+    threads: int | None = None
+    log_embeddings: int = 0
+    export_dir: str | None = field(default=None, repr=False)
+
+    def validate(self) -> None:
+        """Refuse unusable options before anything is loaded.
+
+        Raises:
+            ParameterError: an unknown backend, a limit that is not positive, or a bad ``log_embeddings``.
+        """
+        check_choice("serve", "backend", self.backend, BACKENDS)
+        positive = {"max_upload_bytes": self.max_upload_bytes, "max_image_pixels": self.max_image_pixels,
+                    "max_items": self.max_items, "max_text_chars": self.max_text_chars, "max_batch": self.max_batch,
+                    "top_k": self.top_k, "request_timeout": self.request_timeout}
+        for name, value in positive.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ParameterError(f"The '{name}' option of serve must be a positive number. Got {value!r}.",
+                                     fix=f"Pass --{name.replace('_', '-')} with a value > 0.")
+        if (not isinstance(self.log_embeddings, int) or isinstance(self.log_embeddings, bool)
+                or not (self.log_embeddings == 0 or 10 <= self.log_embeddings <= MAX_LOGGED_EMBEDDINGS)):
+            raise ParameterError(
+                f"The 'log_embeddings' option must be 0 (off) or an integer in [10, {MAX_LOGGED_EMBEDDINGS}] (the"
+                f" shift statistic needs 10 images; each kept embedding takes a few KB). Got {self.log_embeddings!r}.",
+                fix="Pass --log-embeddings 1000 to keep the last 1000 images' embeddings (0: off).")
+        if not isinstance(self.batch_window_ms, (int, float)) or self.batch_window_ms < 0:
+            raise ParameterError(f"The 'batch_window_ms' option must be >= 0. Got {self.batch_window_ms!r}.",
+                                 fix="Pass --batch-window-ms 4 (or 0 to never wait).")
