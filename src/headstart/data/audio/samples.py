@@ -1,0 +1,101 @@
+"""Labelled audio files (with groups and durations when known), and the train / validation / test splits of them.
+
+Separate so that the source readers, the loader, the estimator and the model comparison share these types.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from headstart.data.images import SkippedFile
+from headstart.data.text import sort_class_names
+from headstart.errors import DataError, ParameterError
+
+__all__ = ["AudioSamples", "AudioSplits"]
+
+
+@dataclass
+class AudioSamples:
+    """Labelled audio files: ``labels[i]`` indexes ``classes`` for ``paths[i]``; optional group and seconds each."""
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+    groups: list[str] | None = None
+    durations: list[float] | None = None
+    root: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.labels)
+        return {name: counts.get(index, 0) for index, name in enumerate(self.classes)}
+
+    def subset(self, indices: Iterable[int]) -> AudioSamples:
+        chosen = [int(i) for i in indices]
+        pick = (lambda values: None if values is None else [values[i] for i in chosen])
+        return AudioSamples(pick(self.paths), pick(self.labels), list(self.classes), pick(self.groups),
+                            pick(self.durations), self.root)
+
+    @classmethod
+    def from_lists(cls, paths: Sequence[str | os.PathLike[str]], labels: Sequence[str], *,
+                   classes: Sequence[str] | None = None, groups: Sequence[str] | None = None,
+                   durations: Sequence[float] | None = None, root: Path | None = None) -> AudioSamples:
+        """Build samples from parallel lists; ``classes`` defaults to the sorted distinct labels.
+
+        >>> AudioSamples.from_lists(["a.wav", "b.wav"], ["yes", "no"]).labels
+        [1, 0]
+
+        Raises:
+            ParameterError: the lists differ in length.
+            DataError: a label is not in ``classes``.
+        """
+        for name, values in (("labels", labels), ("groups", groups), ("durations", durations)):
+            if values is not None and len(values) != len(paths):
+                raise ParameterError(f"AudioSamples.from_lists needs one '{name}' entry per path: got {len(values)} "
+                                     f"for {len(paths)} paths.", fix="Pass lists of equal length.")
+        names = [str(label) for label in labels]
+        class_names = [str(c) for c in classes] if classes is not None else sort_class_names(set(names))
+        unknown = sorted(set(names) - set(class_names))
+        if unknown:
+            raise DataError(f"Labels {unknown[:10]} are not among the classes {class_names}.",
+                            fix="Add them to 'classes' or remove those samples.")
+        index = {name: i for i, name in enumerate(class_names)}
+        return cls([Path(p) for p in paths], [index[n] for n in names], class_names,
+                   None if groups is None else [str(g) for g in groups],
+                   None if durations is None else [float(d) for d in durations], root)
+
+
+@dataclass
+class AudioSplits:
+    """Train / validation / optional test samples, every skipped file, how the split was made, and notes."""
+
+    train: AudioSamples
+    val: AudioSamples
+    test: AudioSamples | None = None
+    skipped: list[SkippedFile] = field(default_factory=list)
+    split: str = "given"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    def summary(self) -> dict[str, object]:
+        parts = {"train": self.train, "val": self.val, "test": self.test}
+        return {
+            "classes": self.classes, "split": self.split,
+            **{name: None if part is None else part.class_counts() for name, part in parts.items()},
+            "seconds": {name: round(float(sum(part.durations)), 2) for name, part in parts.items()
+                        if part is not None and part.durations is not None},
+            "groups": {name: len(set(part.groups)) for name, part in parts.items()
+                       if part is not None and part.groups is not None},
+            "skipped_count": len(self.skipped),
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "notes": list(self.notes),
+        }
