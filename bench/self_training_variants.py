@@ -42,8 +42,7 @@ def main() -> None:
     from headstart.adapt import DomainFeatures
     from headstart.adapt.self_training import fit_self_training
     from headstart.data.images import scan_image_folder
-    from headstart.estimators.image import frozen_feature_size
-    from headstart.features import FeatureStore, extract_features
+    from headstart.features import FeatureStore, extract_features, frozen_feature_size
 
     size, store = frozen_feature_size(224), FeatureStore()
     features, labels = {}, {}

@@ -15,6 +15,7 @@ import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "hymenoptera_sample"
@@ -115,3 +116,40 @@ def tiny_image_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     classifier = ImageClassifier(**tiny_params(strategy="linear_probe", epochs=1, calibrate=False))
     classifier.fit(SAMPLE / "train", val=SAMPLE / "val")
     return classifier.save(out / "model")
+
+
+# -- tiny copies of the real dense-task data sets (segmentation: ISBI membranes; detection: BCCD) ----------------------
+SEG_SIZE = (112, 80)  # (width, height) of the resized ISBI copies: not multiples of 32, so padding is exercised
+SEG_PAIRS = 6
+BCCD_SPLITS = {"train": 4, "val": 2, "test": 2}
+
+
+@pytest.fixture(scope="session")
+def isbi_small(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 real ISBI image/mask pairs, shrunk to 112x80 (so the CLI's default crops per image stay few)."""
+    source = shared_data / "segmentation" / "isbi_membrane" / "train"
+    root = tmp_path_factory.mktemp("isbi-small")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for index in range(SEG_PAIRS):
+        with Image.open(source / "image" / f"{index}.png") as image:
+            image.convert("L").resize(SEG_SIZE, Image.Resampling.BILINEAR).save(root / "images" / f"{index}.png")
+        with Image.open(source / "label" / f"{index}.png") as mask:
+            mask.convert("L").resize(SEG_SIZE, Image.Resampling.NEAREST).save(root / "masks" / f"{index}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def bccd_small(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Pascal VOC folder of 8 real BCCD images (symlinked) with train/val/test lists of 4/2/2 ids."""
+    source = shared_data / "detection" / "bccd"
+    root = tmp_path_factory.mktemp("bccd-small")
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    for split, count in BCCD_SPLITS.items():
+        ids = (source / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[:count]
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for name in ids:
+            (root / "Annotations" / f"{name}.xml").symlink_to(source / "Annotations" / f"{name}.xml")
+            (root / "JPEGImages" / f"{name}.jpg").symlink_to(source / "JPEGImages" / f"{name}.jpg")
+    return root

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BACKBONE
+from conftest import BCCD_SPLITS, SEG_PAIRS, SEG_SIZE, TINY_BACKBONE
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -24,15 +24,13 @@ from headstart.cli import app
 from headstart.deploy.export import SIDECAR_FILE, export_bundle
 from headstart.errors import ExportError, NotFittedError, ParameterError, ResumeError
 from headstart.estimators.segmenter import dice_loss
+from headstart.training.checkpoints import latest_checkpoint
 
 runner = CliRunner()
 
-SEG_SIZE = (112, 80)  # (width, height) of the resized ISBI copies: not multiples of 32, so padding is exercised
-SEG_PAIRS = 6
-BCCD_SPLITS = {"train": 4, "val": 2, "test": 2}
 RUN_FILES = ("config.json", "data.json", "metrics.json", "history.json", "curves.png", "summary.txt")
 BUNDLE_FILES = ("config.json", "model.safetensors", "validation.json")
-CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "best.safetensors", "state.json")
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "state.json")  # in checkpoints/epoch-NNNN/
 
 
 def seg_params(**overrides: Any) -> dict[str, Any]:
@@ -65,37 +63,6 @@ def one_torch_thread() -> Any:
 
 # ----------------------------------------------------------------------------------------------------------
 # Tiny copies of the real data sets, and the runs every test below shares
-
-
-@pytest.fixture(scope="module")
-def isbi_small(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """6 real ISBI image/mask pairs, shrunk to 112x80 (so the CLI's default crops per image stay few)."""
-    source = shared_data / "segmentation" / "isbi_membrane" / "train"
-    root = tmp_path_factory.mktemp("isbi-small")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    for index in range(SEG_PAIRS):
-        with Image.open(source / "image" / f"{index}.png") as image:
-            image.convert("L").resize(SEG_SIZE, Image.Resampling.BILINEAR).save(root / "images" / f"{index}.png")
-        with Image.open(source / "label" / f"{index}.png") as mask:
-            mask.convert("L").resize(SEG_SIZE, Image.Resampling.NEAREST).save(root / "masks" / f"{index}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def bccd_small(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Pascal VOC folder of 8 real BCCD images (symlinked) with train/val/test lists of 4/2/2 ids."""
-    source = shared_data / "detection" / "bccd"
-    root = tmp_path_factory.mktemp("bccd-small")
-    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / folder).mkdir(parents=True)
-    for split, count in BCCD_SPLITS.items():
-        ids = (source / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[:count]
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        for name in ids:
-            (root / "Annotations" / f"{name}.xml").symlink_to(source / "Annotations" / f"{name}.xml")
-            (root / "JPEGImages" / f"{name}.jpg").symlink_to(source / "JPEGImages" / f"{name}.jpg")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +100,10 @@ def _check_run_folder(run: Path, report_suffix: str) -> None:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     for name in BUNDLE_FILES:
         assert (run / "model" / name).is_file(), name
+    checkpoint = latest_checkpoint(run)
+    assert checkpoint is not None and list((run / "checkpoints").glob("best-epoch-*.safetensors"))
     for name in CHECKPOINT_FILES:
-        assert (run / "checkpoints" / name).is_file(), name
+        assert (checkpoint / name).is_file(), name
     samples = sorted((run / "samples").glob(f"*{report_suffix}"))
     assert samples, f"no {report_suffix} report images in {run / 'samples'}"
     for sample in samples:
@@ -159,10 +128,11 @@ def test_segmenter_trains_on_real_isbi_and_writes_the_run(segmenter_run: tuple[S
     _check_run_folder(run, "_overlay.png")
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
-    assert [h["stage"] for h in history] == ["frozen_encoder", "fine_tune"]  # pretrained from a checkpoint file
+    assert [h["stage"] for h in history] == ["head", "all"]  # pretrained from a checkpoint file: fine_tune
     assert all(np.isfinite(h["train_loss"]) and 0 <= h["val_miou"] <= 1 for h in history)
     config = json.loads((run / "config.json").read_text())
-    assert [(s["name"], s["epochs"]) for s in config["stages"]] == [("frozen_encoder", 1), ("fine_tune", 1)]
+    assert config["strategy"] == "fine_tune"
+    assert [(s["name"], s["epochs"]) for s in config["stages"]] == [("head", 1), ("all", 1)]
     assert str(timm_checkpoint) in config["backbone_weights"]
     # a pretrained encoder keeps its BatchNorm statistics (tiny batches would make them noise)
     from safetensors.torch import load_file
@@ -172,7 +142,7 @@ def test_segmenter_trains_on_real_isbi_and_writes_the_run(segmenter_run: tuple[S
     running = [k for k in original if k.endswith(("running_mean", "running_var")) and k in encoder_state]
     assert running and all(torch.equal(encoder_state[k], original[k]) for k in running)
     # ... while its weights learned in the fine_tune stage (the last epoch's checkpoint; the model keeps the best)
-    last = load_file(str(run / "checkpoints" / "model.safetensors"))
+    last = load_file(str(latest_checkpoint(run) / "model.safetensors"))
     assert any(not torch.equal(last[f"encoder.model.{k}"], original[k]) for k in original
                if k.endswith("weight") and f"encoder.model.{k}" in last)
 
@@ -280,7 +250,7 @@ def test_detector_trains_on_real_bccd_and_predicts_boxes(detector_run: tuple[Det
     assert len(list((run / "samples").glob("*_boxes.jpg"))) == BCCD_SPLITS["val"]
     assert detector.classes_ == ["Platelets", "RBC", "WBC"]
     history = json.loads((run / "history.json").read_text())
-    assert [(h["epoch"], h["stage"]) for h in history] == [(1, "from_scratch"), (2, "from_scratch")]
+    assert [(h["epoch"], h["stage"]) for h in history] == [(1, "all"), (2, "all")]  # random weights: full
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("map_50", "map_50_95"):
         assert 0 <= metrics[key] <= 1, key
@@ -340,19 +310,19 @@ def test_detector_resumes_its_own_finished_run(detector_run: tuple[Detector, Pat
 class _StopsAfterFirstEpoch(Segmenter):
     """Interrupted the moment epoch 2 would start, i.e. after epoch 1's checkpoint was written."""
 
-    def _train_batches(self, splits: Any, epoch: int) -> Any:
-        if epoch > 1:
+    def _train_dataset(self, splits: Any, epoch: int) -> Any:
+        if epoch >= 1:  # epochs count from 0
             raise KeyboardInterrupt
-        return super()._train_batches(splits, epoch)
+        return super()._train_dataset(splits, epoch)
 
 
 @pytest.fixture(scope="module")
 def resumed_runs(isbi_small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("resume")
-    params = seg_params()  # random weights: one from_scratch stage, so the resume lands mid-stage (optimizer state)
+    params = seg_params()  # random weights: one full stage, so the resume lands mid-stage (optimizer state)
     with pytest.raises(KeyboardInterrupt):
         _StopsAfterFirstEpoch(**params).fit(isbi_small, out=folder / "interrupted")
-    state = json.loads((folder / "interrupted" / "checkpoints" / "state.json").read_text())
+    state = json.loads((latest_checkpoint(folder / "interrupted") / "state.json").read_text())
     config_before = (folder / "interrupted" / "config.json").read_text()
     resumed = Segmenter(**params).fit(isbi_small, out=folder / "interrupted", resume=True)
     straight = Segmenter(**params).fit(isbi_small)  # no run folder: nothing to checkpoint
@@ -361,10 +331,10 @@ def resumed_runs(isbi_small: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_resumed_segmenter_equals_the_uninterrupted_run(resumed_runs: dict[str, Any]) -> None:
-    state = resumed_runs["state_after_interrupt"]["state"]
+    state = resumed_runs["state_after_interrupt"]["train_state"]
     assert (state["epoch"], state["stage_index"], state["epoch_in_stage"]) == (1, 0, 1)
     resumed, straight = resumed_runs["resumed"], resumed_runs["straight"]
-    assert [h["stage"] for h in straight.history_] == ["from_scratch", "from_scratch"]
+    assert [h["stage"] for h in straight.history_] == ["all", "all"]
     assert [h["epoch"] for h in resumed.history_] == [1, 2]
     for mine, theirs in zip(resumed.history_, straight.history_):
         for key in ("train_loss", "val_miou", "val_dice", "val_pixel_accuracy"):
@@ -645,13 +615,15 @@ def test_flip_tta_is_flip_equivariant_and_differs_from_one_pass(segmenter_run: t
 
 def test_cli_refuses_options_a_task_would_ignore(isbi_small: Path, tmp_path: Path) -> None:
     runner = CliRunner()
+    # --precision and --devices now apply to every task; a classifier's --head and a detector's --min-size do not
     result = runner.invoke(app, ["train", str(isbi_small), "--out", str(tmp_path / "a"), "--precision",
-                                 "bf16-mixed", "--min-size", "500", "--quiet"])
+                                 "bf16-mixed", "--head", "rbf_svm", "--min-size", "500", "--quiet"])
     assert result.exit_code == 2
-    assert "--precision" in result.output and "--min-size" in result.output and "segmentation" in result.output
+    assert "--head" in result.output and "--min-size" in result.output and "segmentation" in result.output
+    assert "--precision" not in result.output
     result = runner.invoke(app, ["train", str(isbi_small), "--task", "image", "--out", str(tmp_path / "b"),
                                  "--crop-size", "128", "--quiet"])
-    assert result.exit_code == 2 and "--crop-size" in result.output and "segmentation / detection" in result.output
+    assert result.exit_code == 2 and "--crop-size" in result.output and "image training" in result.output
 
 
 def test_detector_trains_from_coco_json(bccd_small: Path, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from headstart.training.recipes import Stage, plan_stages
 # The frozen sweep goes to 10; the unfrozen one to 100, far enough for a random-weight network to diverge in 20 steps.
 START_LR, END_LR, STEPS = 1e-5, 10.0, 20
 UNFROZEN_END_LR = 100.0
-HEAD_STAGE, ALL_STAGE = plan_stages("fine_tune", 1)  # frozen head; then everything with lr_ratio 1/20
+HEAD_STAGE, ALL_STAGE = plan_stages("fine_tune", 1)  # frozen head; then everything, the earliest group 20x slower
 
 
 def _dataset(sample_dir: Path) -> ImageDataset:
@@ -129,7 +129,7 @@ def unfrozen_sweep(dataset: ImageDataset) -> Sweep:
     """The whole network swept with discriminative learning rates, starting from a frozen net in eval mode with a
     gradient on its head: all three must come back."""
     net = _net()
-    net.freeze_backbone(True)
+    net.set_trainable(freeze_backbone=True)
     net.eval()
     net.model.get_classifier().weight.grad = torch.full_like(net.model.get_classifier().weight, 0.5)
     return _sweep(net, dataset, ALL_STAGE, end_lr=UNFROZEN_END_LR)
@@ -217,8 +217,8 @@ def test_unfrozen_sweep_keeps_discriminative_ratios(unfrozen_sweep: Sweep) -> No
     for lr, groups in zip(result.learning_rates, unfrozen_sweep.group_lrs, strict=True):
         assert [group_lr for group_lr, _ in groups] == pytest.approx([lr * scale for _, scale in groups], rel=1e-12)
     scales = {round(scale, 6) for _, scale in unfrozen_sweep.group_lrs[0]}
-    # head 1, last backbone group (1/20)^(1/3), ..., earliest group exactly lr_ratio = 1/20
-    assert max(scales) == 1.0 and min(scales) == pytest.approx(ALL_STAGE.lr_ratio) and len(scales) == 4
+    # head 1, last backbone group (1/20)^(1/3), ..., earliest group (1/20)^(3/3) = 1/20
+    assert max(scales) == 1.0 and min(scales) == pytest.approx(ALL_STAGE.lr_mult ** 3) == pytest.approx(1 / 20) and len(scales) == 4
 
 
 def test_same_seed_same_curve(dataset: ImageDataset, frozen_sweep: Sweep) -> None:

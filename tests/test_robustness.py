@@ -14,7 +14,15 @@ from conftest import TINY_BACKBONE, tiny_params
 from headstart import BundleError, ImageClassifier, ParameterError, ResumeError
 from headstart.data import load_image_dataset
 from headstart.models.classifier_net import ClassifierNet
-from headstart.training.loop import TrainConfig, train_classifier
+from headstart.models.inference import predict_dataset
+from headstart.training.classification import classification_scores, classification_step
+from headstart.training.loop import (
+    TrainConfig,
+    TrainingTask,
+    Validation,
+    shuffled_batches,
+    train,
+)
 from headstart.training.recipes import plan_stages
 
 
@@ -53,9 +61,18 @@ def test_bf16_autocast_really_runs(sample_dir: Path) -> None:
     net.model.conv_stem.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
     train_set = ImageDataset(splits.train.paths, splits.train.labels, build_transform(preprocessing, train=True))
     val_set = ImageDataset(splits.val.paths, splits.val.labels, build_transform(preprocessing, train=False))
-    config = TrainConfig(batch_size=8, precision="bf16-mixed", accelerator="cpu", num_workers=0, patience=None)
-    state, _, _ = train_classifier(net, train_set, val_set=val_set, stages=plan_stages("full", 1), config=config,
-                                   progress=False)
+
+    def validate(model: torch.nn.Module, device: torch.device) -> Validation:
+        probabilities, labels = predict_dataset(model, val_set, num_workers=0, device=device)
+        return Validation(classification_scores(probabilities, labels), payload=probabilities)
+
+    task = TrainingTask(dataset=lambda epoch: train_set,
+                        batches=lambda epoch: shuffled_batches(len(train_set), 8, seed=0, epoch=epoch),
+                        step=lambda module, batch: classification_step(module, *batch, class_weight=None,
+                                                                       label_smoothing=0.0),
+                        validate=validate)
+    config = TrainConfig(batch_size=8, precision="bf16-mixed", accelerator="cpu", patience=None)
+    state = train(net, task, stages=plan_stages("full", 1), config=config, progress=False).state
     assert len(state.history) == 1 and any(seen)
 
 

@@ -10,9 +10,13 @@ from conftest import TINY_BACKBONE
 from headstart.errors import ParameterError
 from headstart.models import create_backbone
 from headstart.models.classifier_net import ClassifierNet, layer_groups
-from headstart.training.loop import lr_factor
-from headstart.training.optim import parameter_groups
-from headstart.training.recipes import choose_strategy, default_epochs, plan_stages
+from headstart.training.optim import lr_factor, parameter_groups
+from headstart.training.recipes import (
+    Recipe,
+    choose_strategy,
+    default_epochs,
+    plan_stages,
+)
 
 
 def _net() -> ClassifierNet:
@@ -26,7 +30,10 @@ def test_stage_plans() -> None:
     assert [(s.name, s.freeze_backbone) for s in plan_stages("full", 5)] == [("all", False)]
     head, everything = plan_stages("fine_tune", 12, lr=1e-3, head_epochs=2)
     assert head.freeze_backbone and not everything.freeze_backbone
-    assert (head.epochs, everything.epochs) == (2, 12) and head.lr == 1e-3 and everything.lr < head.lr
+    # a classifier's frozen head is solved in one step; a trained one (dense decoders) runs head_epochs
+    assert (head.epochs, head.solve, everything.epochs) == (1, True, 12) and head.lr == 1e-3 and everything.lr < head.lr
+    trained = plan_stages("fine_tune", 12, lr=1e-3, head_epochs=2, recipe=Recipe(default_lr=1e-3, solve_head=False))
+    assert [(s.epochs, s.solve, s.lr) for s in trained] == [(2, False, 1e-3), (12, False, 1e-3)]
     with pytest.raises(ParameterError, match="'strategy'.*Got 'finetune'") as info:
         plan_stages("finetune", 5)
     assert "fine_tune" in (info.value.fix or "")
@@ -43,7 +50,7 @@ def test_default_strategy_depends_on_dataset_size() -> None:
 
 def test_frozen_backbone_keeps_batchnorm_statistics_and_trains_only_the_head() -> None:
     net = _net()
-    net.freeze_backbone(True)
+    net.set_trainable(freeze_backbone=True)
     net.train()
     bn = net.model.bn1
     before = bn.running_mean.clone()
@@ -56,7 +63,7 @@ def test_frozen_backbone_keeps_batchnorm_statistics_and_trains_only_the_head() -
     assert torch.equal(net.model.conv_stem.weight, stem)
     assert net.model.get_classifier().weight.grad is not None
     assert all(not p.requires_grad for n, p in net.model.named_parameters() if not n.startswith("classifier"))
-    net.freeze_backbone(False)
+    net.set_trainable()
     net.train()
     net(torch.randn(4, 3, 64, 64) * 3 + 1)
     assert not torch.equal(bn.running_mean, before), "unfrozen BatchNorm should update its statistics"
@@ -80,7 +87,7 @@ def test_discriminative_learning_rates_grow_towards_the_head() -> None:
     first = {id(p) for p in backbone[0]}
     lr_of_first = {g["lr"] for g in groups if any(id(p) in first for p in g["params"])}
     lr_of_head = {g["lr"] for g in groups if any(p is head[0] for p in g["params"])}
-    assert max(lr_of_first) == pytest.approx(stage.lr * stage.lr_ratio)
+    assert max(lr_of_first) == pytest.approx(stage.lr * stage.lr_mult ** len(backbone))
     assert lr_of_head == {stage.lr}
     assert all(g["weight_decay"] == 0 for g in groups if all(p.ndim == 1 for p in g["params"]))
     frozen_groups = parameter_groups(net, plan_stages("fine_tune", 8)[0], weight_decay=0.05)
@@ -129,13 +136,13 @@ def test_gradual_unfreezing_opens_one_layer_group_per_stage() -> None:
     expected = [head_names, head_names | group_names[2], head_names | group_names[1] | group_names[2],
                 head_names | group_names[0] | group_names[1] | group_names[2]]
     for stage, wanted in zip(stages, expected):
-        net.freeze_backbone(stage.freeze_backbone, freeze_batchnorm=stage.freeze_batchnorm,
-                            trainable_groups=stage.trainable_groups)
+        net.set_trainable(freeze_backbone=stage.freeze_backbone, freeze_batchnorm=stage.freeze_batchnorm,
+                          trainable_groups=stage.trainable_groups)
         assert _trainable(net) == wanted, stage.name
         in_optimizer = {names[id(p)] for g in parameter_groups(net, stage, weight_decay=0.01) for p in g["params"]}
         assert in_optimizer == wanted, f"optimizer of stage {stage.name} must hold exactly the trainable parameters"
     # partially unfrozen stages keep BatchNorm statistics; earlier groups learn more slowly
-    net.freeze_backbone(False, freeze_batchnorm=True, trainable_groups=1)
+    net.set_trainable(freeze_batchnorm=True, trainable_groups=1)
     net.train()
     before = net.model.bn1.running_mean.clone()
     net(torch.randn(4, 3, 64, 64) * 3 + 1)
@@ -145,9 +152,9 @@ def test_gradual_unfreezing_opens_one_layer_group_per_stage() -> None:
 def test_lp_ft_solves_the_head_then_fine_tunes_everything_with_one_small_rate() -> None:
     head, everything = plan_stages("lp_ft", 3, lr=2e-3)
     assert head.freeze_backbone and not everything.freeze_backbone
-    assert everything.lr == pytest.approx(2e-3 / 20) and everything.lr_ratio == 1.0 and everything.freeze_batchnorm
+    assert everything.lr == pytest.approx(2e-3 / 20) and everything.lr_mult == 1.0 and everything.freeze_batchnorm
     net = _net()
-    net.freeze_backbone(False, freeze_batchnorm=True)
+    net.set_trainable(freeze_batchnorm=True)
     assert _trainable(net) == {n for n, _ in net.model.named_parameters()}
     assert {g["lr_scale"] for g in parameter_groups(net, everything, weight_decay=0.01)} == {1.0}
 

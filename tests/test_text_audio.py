@@ -128,9 +128,13 @@ def keep_trained_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     Without this, a fine-tuned epoch that does not beat the solved head's validation loss is rolled back to the
     head-only state (correctly), so whether "the encoder changed" would depend on luck with tiny random models.
     """
-    from headstart.training import encoder_loop as training
+    import itertools
 
-    monkeypatch.setattr(training, "log_loss", lambda probabilities, labels: -1.0)
+    from headstart.training import classification
+
+    calls = itertools.count()
+    # every later score is lower than every earlier one, the solved head's included
+    monkeypatch.setattr(classification, "log_loss", lambda probabilities, labels: -float(next(calls)))
 
 
 def _assert_run_folder(run: Path, *, encoder_config: bool = True) -> None:
@@ -255,11 +259,13 @@ def test_layerwise_learning_rates_increase_towards_the_head(tiny_bert: Path) -> 
 
     from headstart.models.encoder_net import EncoderNet
     from headstart.models.text import TextEncoder
-    from headstart.training.encoder_loop import layerwise_parameter_groups
+    from headstart.training.optim import parameter_groups
+    from headstart.training.recipes import Stage
 
     bert = BertModel.from_pretrained(tiny_bert)
     net = EncoderNet(TextEncoder(bert, AutoTokenizer.from_pretrained(tiny_bert)), 2)
-    groups = layerwise_parameter_groups(net, lr=1e-3, layer_decay=0.5, weight_decay=0.01)
+    net.set_trainable()
+    groups = parameter_groups(net, Stage("all", 1, 1e-3, lr_mult=0.5), weight_decay=0.01)
     rate = {id(p): g["lr"] for g in groups for p in g["params"]}
     decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     every = [p for p in net.parameters() if p.requires_grad]

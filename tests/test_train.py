@@ -21,7 +21,7 @@ from conftest import ROOT, SAMPLE, TINY_BACKBONE, tiny_params
 from headstart import ImageClassifier, NotFittedError, ParameterError
 from headstart.bundle import load_bundle
 from headstart.storage import load_tensors
-from headstart.training.loop import latest_checkpoint
+from headstart.training.checkpoints import latest_checkpoint
 
 
 def _cli(*args: str, **kwargs: object) -> subprocess.Popen:

@@ -16,20 +16,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from headstart.data.preprocessing import Preprocessing
 from headstart.errors import BundleError
-from headstart.models.dense import DENSE_TASKS
 from headstart.models.heads import (
-    FeatureMLP,
     load_sklearn_head,
     save_sklearn_head,
-    set_classifier,
 )
-from headstart.models.registry import Preprocessing
 from headstart.storage import (
     atomic_directory,
     atomic_save_tensors,
@@ -37,6 +33,7 @@ from headstart.storage import (
     load_tensors,
     read_json,
 )
+from headstart.tasks import resolve, task_of_bundle
 
 __all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "is_bundle_folder", "save_bundle", "load_bundle", "library_versions",
            "validation_reference"]
@@ -48,7 +45,6 @@ HEAD_FILE = "head.skops"
 VALIDATION_FILE = "validation.json"  # the validation inputs (file paths or texts) and labels: export checks on them
 MAX_VALIDATION_ITEMS = 5000
 ENCODER_DIR = "encoder"
-ENCODER_TASKS = ("text_classification", "audio_classification")
 
 
 def library_versions() -> dict[str, str]:
@@ -172,24 +168,8 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
             raise BundleError(f"{path} has a scikit-learn head in its config but no {HEAD_FILE}.",
                               fix="The folder is incomplete; re-save the model.")
         head = load_sklearn_head(path / HEAD_FILE)
-    num_classes = int(head_config.get("backbone_classes", len(config["classes"])))
     try:
-        if config.get("task") in ENCODER_TASKS:
-            from headstart.models.encoder_net import build_encoder_net
-
-            model = build_encoder_net(config, path / ENCODER_DIR)
-        elif config.get("task") in DENSE_TASKS:
-            from headstart.models.dense import build_dense_net
-
-            model = build_dense_net(config)
-        else:
-            model = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes)
-            if head_config.get("kind") == "mlp":
-                # the pooled width (timm's head_hidden_size) differs from num_features for e.g. MobileNetV3, VGG
-                in_features = int(head_config.get("in_features", model.num_features))
-                model = set_classifier(model, FeatureMLP(in_features, len(config["classes"]),
-                                                         hidden=int(head_config["hidden"]),
-                                                         dropout=float(head_config.get("dropout", 0.5))))
+        model = resolve(task_of_bundle(config).net_builder)(config, path / ENCODER_DIR)
         model.load_state_dict(load_tensors(weights_file))
     except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as error:
         raise BundleError(

@@ -38,17 +38,24 @@ from headstart.adapt.source_only import fit_source_only
 from headstart.bundle import validation_reference
 from headstart.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    ImageSamples,
     SkippedFile,
     scan_image_folder,
     scan_unlabelled_images,
 )
 from headstart.errors import DataError, ParameterError, check_choice, check_integer
 from headstart.estimators.base import EstimatorBase
-from headstart.estimators.image import ImageClassifier, frozen_feature_size
+from headstart.estimators.image import ImageClassifier
 from headstart.evaluation.metrics import classification_metrics
 from headstart.evaluation.plots import plot_confusion_matrix, plot_method_comparison
 from headstart.evaluation.report import print_skipped
-from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, file_digest
+from headstart.features import (
+    RUNTIMES,
+    FeatureExtractor,
+    FeatureStore,
+    file_digest,
+    frozen_feature_size,
+)
 from headstart.models import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
 from headstart.models.heads import set_classifier
 from headstart.storage import atomic_write_json, atomic_write_text
@@ -220,35 +227,8 @@ class DomainAdapter(EstimatorBase):
         model.eval()
         console.print(f"[bold]Backbone[/bold] {spec.name} ({spec.timm_id}), weights from"
                       f" {weights_source.description}; frozen features at {size}px.", highlight=False)
-        store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
-        extractor = FeatureExtractor(model, preprocessing=preprocessing, architecture=spec.architecture, store=store,
-                                     runtime=self.runtime, batch_size=self.batch_size, num_workers=self.num_workers,
-                                     progress=self.progress, console=console, max_pixels=self.max_image_pixels,
-                                     warn=lambda message: console.print(f"[yellow]Warning:[/yellow] {message}"))
-        views = ("center", "mirror")
-        data = DomainFeatures(
-            source=np.stack([extractor.extract(samples.paths, view=v) for v in views]),
-            source_labels=np.asarray(samples.labels, dtype=np.int64),
-            target=np.stack([extractor.extract(target_paths, view=v) for v in views]),
-            n_classes=len(classes))
-        console.print(f"Frozen {extractor.report.describe()}.", highlight=False)
-
-        results: dict[str, AdaptedHead] = {}
-        # source-only first: its cross-validated penalty is reused by the linear methods
-        order = ["source_only"] + [m for m in methods if m != "source_only"]
-        l2 = 0.0
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=console, transient=True, disable=not self.progress)
-        with bar:
-            task = bar.add_task("adapting", total=len(order))
-            for name in order:
-                bar.update(task, description=f"adapting: {name}")
-                results[name] = METHODS[name](data, l2, self.seed, self.steps)
-                if name == "source_only":
-                    l2 = float(results[name].params["l2"])
-                console.print(f"{name}: target IM score {results[name].score:.3f} ({results[name].seconds:.1f}s)",
-                              highlight=False)
-                bar.advance(task)
+        data = self._frozen_features(model, preprocessing, spec.architecture, samples, target_paths, console)
+        results = self._fit_methods(methods, data, console)
         chosen = max((name for name in methods), key=lambda name: results[name].score)
 
         # Target labels are read only now, after every method has been fitted and chosen.
@@ -289,6 +269,44 @@ class DomainAdapter(EstimatorBase):
         if out is not None:
             self._write_run(Path(out), results, console)
         return self
+
+    def _frozen_features(self, model: torch.nn.Module, preprocessing: Preprocessing, architecture: str,
+                         samples: ImageSamples, target_paths: list[Path], console: Console) -> DomainFeatures:
+        """Frozen backbone features of the source and target images, two views each (centre, mirror), through the
+        feature store unless ``cache_dir`` is ``off``."""
+        store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
+        extractor = FeatureExtractor(model, preprocessing=preprocessing, architecture=architecture, store=store,
+                                     runtime=self.runtime, batch_size=self.batch_size, num_workers=self.num_workers,
+                                     progress=self.progress, console=console, max_pixels=self.max_image_pixels,
+                                     warn=lambda message: console.print(f"[yellow]Warning:[/yellow] {message}"))
+        views = ("center", "mirror")
+        data = DomainFeatures(
+            source=np.stack([extractor.extract(samples.paths, view=v) for v in views]),
+            source_labels=np.asarray(samples.labels, dtype=np.int64),
+            target=np.stack([extractor.extract(target_paths, view=v) for v in views]),
+            n_classes=len(samples.classes))
+        console.print(f"Frozen {extractor.report.describe()}.", highlight=False)
+        return data
+
+    def _fit_methods(self, methods: list[str], data: DomainFeatures, console: Console) -> dict[str, AdaptedHead]:
+        """Fit ``source_only`` and every requested method on the features, each printed with its target IM score."""
+        results: dict[str, AdaptedHead] = {}
+        # source-only first: its cross-validated penalty is reused by the linear methods
+        order = ["source_only"] + [m for m in methods if m != "source_only"]
+        l2 = 0.0
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console, transient=True, disable=not self.progress)
+        with bar:
+            task = bar.add_task("adapting", total=len(order))
+            for name in order:
+                bar.update(task, description=f"adapting: {name}")
+                results[name] = METHODS[name](data, l2, self.seed, self.steps)
+                if name == "source_only":
+                    l2 = float(results[name].params["l2"])
+                console.print(f"{name}: target IM score {results[name].score:.3f} ({results[name].seconds:.1f}s)",
+                              highlight=False)
+                bar.advance(task)
+        return results
 
     def _evaluate_methods(self, results: dict[str, AdaptedHead], data: DomainFeatures, target_paths: list[Path],
                           target_labels: dict[Path, int], classes: list[str]) -> dict[str, dict[str, Any]]:

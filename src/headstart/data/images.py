@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -93,29 +94,45 @@ class ImageSamples:
 
 
 @dataclass
-class DatasetSplits:
-    """Train / validation / optional test samples, plus every file that was skipped and how the split was made."""
+class Splits:
+    """Train / validation / optional test samples of any modality, every input that was skipped, how the split was
+    made, and notes. The data of every task reads into one of these (``summary()`` is the run's ``data.json``)."""
 
-    train: ImageSamples
-    val: ImageSamples
-    test: ImageSamples | None = None
+    train: Any
+    val: Any
+    test: Any = None
     skipped: list[SkippedFile] = field(default_factory=list)
     split: str = "given"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
         return self.train.classes
 
     def summary(self) -> dict[str, object]:
+        """A JSON-serialisable account: classes, counts per class and split, the split, skipped inputs, notes."""
+        parts = {"train": self.train, "val": self.val, "test": self.test}
         return {
-            "classes": self.classes,
-            "split": self.split,
-            "train": self.train.class_counts(),
-            "val": self.val.class_counts(),
-            "test": None if self.test is None else self.test.class_counts(),
+            "classes": list(self.classes), "split": self.split,
+            **{name: None if part is None else part.class_counts() for name, part in parts.items()},
+            **self._summary_extra(parts),
             "skipped_count": len(self.skipped),
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "notes": list(self.notes),
         }
+
+    def _summary_extra(self, parts: dict[str, Any]) -> dict[str, object]:
+        """What a modality adds to the summary (durations, groups, sizes)."""
+        return {}
+
+
+@dataclass
+class DatasetSplits(Splits):
+    """Image class folders split into train / validation / optional test."""
+
+    train: ImageSamples
+    val: ImageSamples
+    test: ImageSamples | None = None
 
 
 def _is_hidden(name: str) -> bool:

@@ -34,9 +34,9 @@ from headstart.deploy.predictor import (
     load_predictor,
 )
 from headstart.errors import DataError, ExportError, HeadstartError, check_choice
-from headstart.models.dense import DENSE_TASKS
 from headstart.models.onnx import ONNX_OPSET, export_onnx_graph, measure_parity
 from headstart.storage import atomic_directory, atomic_write_json, read_json
+from headstart.tasks import DENSE_TASKS
 
 __all__ = ["FORMATS", "PARITY_MAX_ABS_DIFF", "SIDECAR_FILE", "export_bundle", "reference_items", "parity_report",
            "export_onnx_file"]

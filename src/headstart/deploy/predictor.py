@@ -29,11 +29,11 @@ from headstart.bundle import Bundle, load_bundle
 from headstart.errors import ParameterError
 from headstart.evaluation.calibration import apply_temperature
 from headstart.models.onnx import create_session
+from headstart.tasks import task_of_bundle
 
 __all__ = ["InputSpec", "ProbabilityModule", "Predictor", "TorchBackend", "OnnxBackend", "load_predictor",
            "top_labels", "as_tensors"]
 
-TASK_NAMES = {"image_classification": "image", "text_classification": "text", "audio_classification": "audio"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class ProbabilityModule(nn.Module):
     def __init__(self, bundle: Bundle) -> None:
         super().__init__()
         config = bundle.config
-        self.task = TASK_NAMES.get(config.get("task", "image_classification"), "image")
+        self.task = task_of_bundle(config).modality
         self.outputs = "features" if bundle.head is not None else "probabilities"
         self.temperature = float(config.get("temperature", 1.0) or 1.0)
         self.model = bundle.model

@@ -11,7 +11,7 @@ otherwise.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,6 +22,7 @@ from rich.console import Console
 from headstart.errors import ParameterError
 from headstart.estimators.encoder import EncoderClassifier
 from headstart.features.store import file_digest
+from headstart.training.loop import shuffled_batches
 
 __all__ = ["AudioClassifier"]
 
@@ -37,7 +38,7 @@ class AudioClassifier(EncoderClassifier):
             ``logmel:efficientnet_lite0``), or a transformers audio model folder / hub id (wav2vec2, HuBERT, AST,
             Whisper encoder).
         strategy: ``auto`` (``fine_tune`` from 1,000 training clips, else ``linear_probe``), ``linear_probe``,
-            ``fine_tune`` or ``lora`` (transformers models only).
+            ``fine_tune``, ``gradual_unfreeze``, ``lp_ft``, ``full``, or ``lora`` (transformers models only).
         epochs: fine-tuning epochs (default 8). lr: default 5e-4 (logmel), 5e-5 (transformers), 5e-4 (lora).
         clip_seconds: clip length; ``None`` covers 95% of the training clips (at least 0.5 s, at most 10 s).
         sample_rate: resampling target for ``logmel`` encoders; ``None``: the training files' most common rate,
@@ -66,7 +67,8 @@ class AudioClassifier(EncoderClassifier):
                  weight_decay: float = 0.01, patience: int | None = 3, monitor: str = "val_loss",
                  class_weights: bool = False, seed: int = 0, val_fraction: float = 0.2,
                  group_column: str | None = None, group_pattern: str | None = None, label_pattern: str | None = None,
-                 path_column: str | None = None, label_column: str | None = None, allow_download: bool = True,
+                 path_column: str | None = None, label_column: str | None = None, devices: int = 1,
+                 accelerator: str = "auto", precision: str = "32-true", allow_download: bool = True,
                  cache_dir: str | os.PathLike[str] | None = None, calibrate: bool = True,
                  progress: bool = True) -> None:
         self.backbone, self.strategy, self.head, self.epochs, self.weights = backbone, strategy, head, epochs, weights
@@ -77,6 +79,7 @@ class AudioClassifier(EncoderClassifier):
         self.patience, self.monitor, self.class_weights, self.seed = patience, monitor, class_weights, seed
         self.val_fraction, self.group_column, self.group_pattern = val_fraction, group_column, group_pattern
         self.label_pattern, self.path_column, self.label_column = label_pattern, path_column, label_column
+        self.devices, self.accelerator, self.precision = devices, accelerator, precision
         self.allow_download, self.cache_dir, self.calibrate, self.progress = allow_download, cache_dir, calibrate, progress
 
     def _validate(self) -> None:
@@ -150,18 +153,21 @@ class AudioClassifier(EncoderClassifier):
     def _digests(self, samples: Any) -> list[bytes]:
         return [file_digest(p) for p in samples.paths]
 
-    def _batches(self, items: list[Any], labels: np.ndarray | None, *, shuffle_seed: int | None,
-                 batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    def _training_order(self, items: list[Any], *, epoch: int) -> list[list[int]]:
+        return shuffled_batches(len(items), self.batch_size, seed=self.seed, epoch=epoch)
+
+    def _training_item(self, item: Any, rng: np.random.Generator) -> Any:
         from headstart.data.audio import fit_length
 
-        n_samples = self._clip_samples()
-        rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
-        order = rng.permutation(len(items)) if rng is not None else np.arange(len(items))
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            waves = [fit_length(items[i], n_samples, rng=rng) for i in index]
-            target = torch.from_numpy(labels[index]) if labels is not None else torch.zeros(len(index), dtype=torch.long)
-            yield self._active_encoder.prepare(waves), target
+        return fit_length(item, self._clip_samples(), rng=rng)  # a random crop of a long clip
+
+    def _inference_item(self, item: Any) -> Any:
+        from headstart.data.audio import fit_length
+
+        return fit_length(item, self._clip_samples(), rng=None)  # the centre crop
+
+    def _prepare(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        return self._active_encoder.prepare(list(items))
 
     def _extra_config(self) -> dict[str, Any]:
         return {"clip_seconds": self.clip_seconds_, "sample_rate": self.sample_rate_}

@@ -1,14 +1,26 @@
-"""The scikit-learn conventions every headstart estimator shares: parameters as given, a readable repr."""
+"""The scikit-learn conventions every headstart estimator shares: parameters as given (``get_params`` /
+``set_params``, so ``sklearn.base.clone`` works), a readable repr, and the not-fitted check."""
 
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from headstart.errors import NotFittedError, ParameterError
+from headstart.errors import NotFittedError, ParameterError, check_integer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["EstimatorBase"]
+
+# Parameters several estimators share, and what each must be (an estimator checks only those it has).
+_INTEGERS = {"batch_size": (1, None, False), "epochs": (1, None, True), "seed": (0, None, False),
+             "patience": (1, None, True), "devices": (1, None, False)}
+# name -> (low, high, open interval, None allowed)
+_NUMBERS = {"lr": (0.0, 1.0, True, True), "val_fraction": (0.0, 1.0, True, False),
+            "drop_rate": (0.0, 0.95, False, False), "label_smoothing": (0.0, 0.5, False, False),
+            "weight_decay": (0.0, 1.0, False, False)}
 
 
 class EstimatorBase:
@@ -17,10 +29,33 @@ class EstimatorBase:
     _fitted_attribute = "net_"  # set by fit / load; its absence means "not fitted"
     _unfitted_fix = "Call fit(DATA) first, or {name}.load(MODEL_FOLDER) to use a saved model."
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, as given."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments, as given (scikit-learn's contract; no parameter is itself an estimator, so
+        ``deep`` changes nothing).
+
+        >>> from headstart import ImageClassifier
+        >>> ImageClassifier(epochs=3).get_params()["epochs"]
+        3
+        """
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        """Change constructor arguments (checked when ``fit`` runs, as in scikit-learn); returns the estimator.
+
+        Raises:
+            ParameterError: a name that is not a parameter of this estimator.
+        """
+        names = self._get_param_names()
+        for name, value in params.items():
+            if name not in names:
+                raise ParameterError(f"{type(self).__name__} has no parameter {name!r}.",
+                                     fix=f"Use one of: {', '.join(names)}.")
+            setattr(self, name, value)
+        return self
 
     def __repr__(self) -> str:
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
@@ -34,11 +69,34 @@ class EstimatorBase:
                 f"This {type(self).__name__} is not fitted yet, so {method}() cannot run.",
                 fix=self._unfitted_fix.format(name=type(self).__name__))
 
+    def _check_shared_params(self) -> None:
+        """The checks of the parameters estimators share (batch size, epochs, learning rate, seed, ...); each
+        estimator checks its own on top of these."""
+        params = self.get_params()
+        for name, (low, high, optional) in _INTEGERS.items():
+            if name in params:
+                check_integer(type(self).__name__, name, params[name], low=low, high=high, optional=optional)
+        for name, (low, high, open_interval, optional) in _NUMBERS.items():
+            if name not in params or (optional and params[name] is None):
+                continue
+            value = params[name]
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            inside = number and (low < value < high if open_interval else low <= value <= high)
+            if not inside:
+                bounds = f"({low:g}, {high:g})" if open_interval else f"[{low:g}, {high:g}]"
+                raise self._bad(name, f"a number in {bounds}" + (" or None" if optional else ""))
+
     def _bad(self, name: str, expected: str) -> ParameterError:
         """The error for parameter ``name`` that is not ``expected``."""
         return ParameterError(
             f"The '{name}' parameter of {type(self).__name__} must be {expected}. Got {getattr(self, name)!r}.",
             fix=f"Pass {name} (CLI: --{name.replace('_', '-')}) as {expected}, or leave it unset for the default.")
+
+    def _run_fingerprint(self, classes: Any, n_train: int, n_val: int) -> dict[str, Any]:
+        """What a resumed run must share with the run it continues: the parameters (but where progress is shown
+        and how many decoding workers there are, which change nothing), the classes and the split sizes."""
+        params = {k: v for k, v in self.plain_params().items() if k not in ("progress", "num_workers")}
+        return {"params": params, "classes": list(classes), "n_train": int(n_train), "n_val": int(n_val)}
 
     def plain_params(self) -> dict[str, Any]:
         """The parameters as JSON-ready values (paths as strings), for run configs and bundles."""

@@ -1,18 +1,17 @@
 """What ``Segmenter`` and ``Detector`` share: the fit / save / load flow of a dense-task estimator.
 
-``fit`` reads the data, builds the network on a pretrained registry backbone, trains it stage by stage
-(:func:`headstart.training.dense_loop.train_dense`), measures it on the validation split, writes the run folder
-(config, metrics, history, curves, sample images, summary) and saves the bundle in ``<run>/model``.
-Subclasses say how data is read, how a batch is made and scored, and how predictions are measured and drawn.
-Training and prediction run on the CPU in one process (no accelerator / data-parallel options yet, unlike the
-image classifier).
+``fit`` reads the data, builds the network on a pretrained registry backbone, trains it stage by stage on the
+one training loop (:func:`headstart.training.loop.train`: devices, precision, checkpoints and resume as for every
+task), measures it on the validation split, writes the run folder (config, metrics, history, curves, sample
+images, summary) and saves the bundle in ``<run>/model``. Subclasses say how data is read, how a batch is made
+and scored, and how predictions are measured and drawn.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,33 @@ import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
+from torch.utils.data import Dataset
 
 from headstart.bundle import load_bundle, save_bundle
-from headstart.errors import ParameterError, ResumeError
+from headstart.errors import ParameterError, check_choice, check_integer
 from headstart.estimators.base import EstimatorBase
 from headstart.evaluation.plots import plot_training_curves
 from headstart.evaluation.report import print_skipped
 from headstart.models.dense import build_dense_net
 from headstart.models.registry import create_backbone, get_backbone_spec
 from headstart.storage import atomic_write_json, atomic_write_text
-from headstart.training.dense_loop import CHECKPOINT_DIR, plan_dense_stages, train_dense
+from headstart.training.checkpoints import CHECKPOINT_DIR
+from headstart.training.loop import (
+    StepOutput,
+    TrainConfig,
+    TrainingTask,
+    Validation,
+    process_rank,
+    shuffled_batches,
+    train,
+)
+from headstart.training.recipes import (
+    NON_LORA_STRATEGIES,
+    Recipe,
+    Stage,
+    choose_strategy,
+    plan_stages,
+)
 
 __all__ = ["DenseEstimator"]
 
@@ -53,17 +69,18 @@ class DenseEstimator(EstimatorBase):
     def _dense_config(self, splits: Any) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _train_batches(self, splits: Any, epoch: int) -> Iterable[Any]:
+    def _train_dataset(self, splits: Any, epoch: int) -> Dataset:
+        """The training examples of ``epoch`` (0-based), their augmentation seeded by it."""
         raise NotImplementedError
 
-    def _steps_per_epoch(self, splits: Any) -> int:
-        raise NotImplementedError
+    _collate: Any = None  # how dataset items become a batch (torch's default)
 
     def _loss(self, net: nn.Module, batch: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def _measure(self, samples: Any, *, n_bootstrap: int) -> tuple[dict[str, Any], list[Any]]:
-        """Metrics on labelled samples with the current ``net_``, and the predictions (for report images)."""
+    def _measure(self, samples: Any, *, n_bootstrap: int, net: nn.Module | None = None
+                 ) -> tuple[dict[str, Any], list[Any]]:
+        """Metrics on labelled samples with ``net`` (default ``net_``), and the predictions (for report images)."""
         raise NotImplementedError
 
     def _quick_scores(self, metrics: dict[str, Any]) -> dict[str, float]:
@@ -84,22 +101,12 @@ class DenseEstimator(EstimatorBase):
     # -- shared checks ----------------------------------------------------------------------------------------
     def _validate_common(self) -> None:
         get_backbone_spec(self.backbone)
-        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise self._bad("epochs", "a positive integer or None")
-        if self.frozen_epochs is not None and (not isinstance(self.frozen_epochs, int) or self.frozen_epochs < 0):
-            raise self._bad("frozen_epochs", "an integer >= 0 or None")
-        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1):
-            raise self._bad("lr", "a number in (0, 1) or None")
+        self._check_shared_params()
+        check_integer(type(self).__name__, "frozen_epochs", self.frozen_epochs, low=0, optional=True)
         if not isinstance(self.encoder_lr_mult, (int, float)) or not 0 < self.encoder_lr_mult <= 1:
             raise self._bad("encoder_lr_mult", "a number in (0, 1]")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise self._bad("batch_size", "a positive integer")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise self._bad("patience", "a positive integer or None")
-        if not isinstance(self.val_fraction, float) or not 0 < self.val_fraction < 1:
-            raise self._bad("val_fraction", "a number in (0, 1)")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise self._bad("seed", "a non-negative integer")
+        check_choice(type(self).__name__, "strategy", self.strategy, ("auto", *NON_LORA_STRATEGIES))
+        self._train_config().validate(type(self).__name__)
 
     # -- fit --------------------------------------------------------------------------------------------------
     def fit(self, data: str | os.PathLike[str], *, val: str | os.PathLike[str] | None = None,
@@ -125,10 +132,33 @@ class DenseEstimator(EstimatorBase):
                     delattr(self, name)
             raise
 
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(batch_size=self.batch_size, weight_decay=1e-4, patience=self.patience,
+                           monitor=f"val_{self.monitor}", max_grad_norm=10.0, seed=self.seed, devices=self.devices,
+                           accelerator=self.accelerator, precision=self.precision)
+
+    def _plan(self, splits: Any, *, pretrained: bool, console: Console) -> tuple[str, list[Stage]]:
+        """The strategy (``auto``: fine_tune, or full for random weights) and its stages: ``frozen_epochs`` with
+        the encoder frozen (default a quarter of ``epochs``), the rest with it at ``encoder_lr_mult`` x the lr."""
+        epochs = self.epochs or self._default_epochs(splits)
+        strategy, reason = (self.strategy, "as asked") if self.strategy != "auto" else \
+            choose_strategy(len(splits.train), task=self.task, pretrained=pretrained)
+        frozen = min(epochs, self.frozen_epochs if self.frozen_epochs is not None else max(1, epochs // 4))
+        if strategy in ("fine_tune", "gradual_unfreeze", "lp_ft") and frozen in (0, epochs):
+            # no frozen epochs asked for: everything trains from the start; no epochs left: the decoder alone
+            strategy, reason = ("full", f"frozen_epochs={frozen}") if frozen == 0 else \
+                ("linear_probe", f"frozen_epochs={frozen} covers every epoch")
+        console.print(f"[bold]Strategy[/bold] {strategy} ({reason}).", highlight=False)
+        recipe = Recipe(default_lr=self._default_lr(), lr_mult=self.encoder_lr_mult, solve_head=False)
+        main = epochs if strategy in ("full", "linear_probe") else epochs - frozen
+        stages = plan_stages(strategy, main, lr=self.lr, lr_mult=self.encoder_lr_mult if pretrained else None,
+                             head_epochs=max(1, frozen), recipe=recipe, n_groups=1, owner=type(self).__name__)
+        return strategy, stages
+
     def _fit(self, data: str | os.PathLike[str], *, val: str | os.PathLike[str] | None,
              out: str | os.PathLike[str] | None, resume: bool) -> DenseEstimator:
         self._validate()
-        console = Console(quiet=not self.progress)
+        console = Console(quiet=not self.progress or process_rank() != 0)
         started = time.perf_counter()
         torch.manual_seed(self.seed)
         splits = self._load_splits(data, val)
@@ -147,51 +177,54 @@ class DenseEstimator(EstimatorBase):
             "weights_source": source.description, "dense": self._dense_config(splits),
         }
         net = build_dense_net(config, encoder_model=encoder_model)
-        epochs = self.epochs or self._default_epochs(splits)
-        frozen = self.frozen_epochs if self.frozen_epochs is not None else max(1, epochs // 4)
-        stages = plan_dense_stages(epochs=epochs, frozen_epochs=frozen, lr=self.lr or self._default_lr(),
-                                   encoder_lr_mult=self.encoder_lr_mult, pretrained=pretrained)
+        net.keep_norm_statistics = pretrained  # batches of a few images would make BatchNorm statistics noise
+        strategy, stages = self._plan(splits, pretrained=pretrained, console=console)
         run_dir = Path(out) if out is not None else None
         params = self.plain_params()
-        fingerprint = {"params": {k: v for k, v in params.items() if k != "progress"}, "classes": config["classes"],
-                       "n_train": len(splits.train), "n_val": len(splits.val)}
-        if resume and (run_dir is None or not (run_dir / CHECKPOINT_DIR / "state.json").is_file()):
-            raise ResumeError(f"{run_dir} has no checkpoint to resume.", fix="Start the run without --resume.")
-        if run_dir is not None and not resume:  # a resumed run keeps the config it was started with
+        if run_dir is not None and not resume and process_rank() == 0:  # a resumed run keeps its own config
             run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # never resume an older run's checkpoints
             atomic_write_json(run_dir / "config.json", {
                 "task": self.task, "params": params, "data": str(Path(data).resolve()),
-                "val": str(Path(val).resolve()) if val is not None else None,
+                "val": str(Path(val).resolve()) if val is not None else None, "strategy": strategy,
                 "stages": [s.to_dict() for s in stages], "backbone_weights": source.description})
             atomic_write_json(run_dir / "data.json", summary)
         self._splits = splits  # the hooks read it (batches, validation)
         self.config_, self.classes_ = config, list(splits.classes)
-        state = train_dense(
-            net, encoder=net.encoder if hasattr(net, "encoder") else net.backbone.encoder, stages=stages,
-            batches=lambda epoch: self._train_batches(splits, epoch), steps_per_epoch=self._steps_per_epoch(splits),
-            loss=self._loss, validate=lambda n: self._validation_scores(n, splits), monitor=self.monitor,
-            patience=self.patience, frozen_batchnorm=pretrained, seed=self.seed, run_dir=run_dir, resume=resume,
-            fingerprint=fingerprint, console=console, progress=self.progress)
-        self.net_ = net
+        result = train(net, self._training_task(splits), stages=stages, config=self._train_config(), run_dir=run_dir,
+                       resume=resume, console=console, progress=self.progress)
+        state = result.state
+        self.net_ = net.cpu().eval()
         self.history_ = state.history
         metrics, predictions = self._measure(splits.val, n_bootstrap=1000)
         metrics.update({"best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
-                        "model_selection": f"best epoch by validation {self.monitor}",
-                        "train_seconds": round(time.perf_counter() - started, 1)})
+                        "model_selection": f"best epoch by validation {self.monitor}", "strategy": strategy,
+                        "processes": result.world_size, "train_seconds": round(time.perf_counter() - started, 1)})
         self.metrics_ = metrics
         config["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        config["training"] = {"params": params, "stages": [s.to_dict() for s in stages], "history": state.history}
-        if run_dir is not None:
+        config["training"] = {"params": params, "strategy": strategy, "stages": [s.to_dict() for s in stages],
+                              "history": state.history}
+        if run_dir is not None and result.is_main_process:
             self.save(run_dir / "model")
             self._write_run(run_dir, metrics, predictions, splits, state.best_epoch, console)
         console.print(f"\n[bold]Validation[/bold] (best epoch {state.best_epoch})\n{self._format_metrics(metrics)}",
                       highlight=False)
         return self
 
-    def _validation_scores(self, net: nn.Module, splits: Any) -> dict[str, float]:
-        self.net_ = net
-        metrics, _ = self._measure(splits.val, n_bootstrap=0)
-        return self._quick_scores(metrics)
+    def _training_task(self, splits: Any) -> TrainingTask:
+        """The hooks of a dense task: the subclass's epoch datasets, loss and validation scores."""
+        n_items = len(self._train_dataset(splits, 0))
+
+        def validate(net: nn.Module, device: torch.device) -> Validation:
+            metrics, _ = self._measure(splits.val, n_bootstrap=0, net=net)
+            return Validation({f"val_{k}": float(v) for k, v in self._quick_scores(metrics).items()})
+
+        return TrainingTask(
+            dataset=lambda epoch: self._train_dataset(splits, epoch),
+            batches=lambda epoch: shuffled_batches(n_items, self.batch_size, seed=self.seed, epoch=epoch),
+            collate=self._collate, step=lambda module, batch: StepOutput(self._loss(module, batch), len(batch[0])),
+            validate=validate, find_unused_parameters=True,  # e.g. the encoder's classifier-side layers
+            fingerprint=self._run_fingerprint(self.classes_, len(splits.train), len(splits.val)))
 
     def _write_run(self, run_dir: Path, metrics: dict[str, Any], predictions: list[Any], splits: Any,
                    best_epoch: int, console: Console) -> None:

@@ -6,9 +6,8 @@ Detector(backbone='efficientnet_lite0', min_size=512)
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
 
 from headstart.estimators.dense import DenseEstimator
 from headstart.models import DEFAULT_BACKBONE
@@ -44,6 +42,11 @@ class Detector(DenseEstimator):
         classes: class names to keep (others are dropped and reported); default: all found.
         patience: early stopping on validation mAP@0.5 (None = off). val_fraction: hold-out share when the data
             has no validation list. seed: split, initialisation and augmentation.
+        strategy: ``auto`` (``fine_tune``: the frozen-backbone stage, then everything; ``full`` for random weights),
+            ``linear_probe`` (the backbone stays frozen), ``fine_tune``, ``gradual_unfreeze``, ``lp_ft`` or ``full``
+            (see :mod:`headstart.training.recipes`).
+        devices, accelerator, precision: passed to Lightning Fabric (e.g. ``devices=2`` for two processes,
+            ``precision="bf16-mixed"`` on a GPU).
     """
 
     task = "detection"
@@ -55,11 +58,14 @@ class Detector(DenseEstimator):
                  weights: str = "auto", lr: float | None = None, encoder_lr_mult: float = 0.1, batch_size: int = 4,
                  min_size: int = 384, max_size: int = 640, scale: tuple[float, float] = (0.8, 1.2),
                  score_threshold: float = 0.01, classes: Sequence[str] | None = None, patience: int | None = None,
-                 seed: int = 0, val_fraction: float = 0.2, allow_download: bool = True, progress: bool = True) -> None:
+                 seed: int = 0, val_fraction: float = 0.2, strategy: str = "auto", devices: int = 1,
+                 accelerator: str = "auto", precision: str = "32-true", allow_download: bool = True,
+                 progress: bool = True) -> None:
         self.backbone, self.epochs, self.frozen_epochs, self.weights = backbone, epochs, frozen_epochs, weights
         self.lr, self.encoder_lr_mult, self.batch_size = lr, encoder_lr_mult, batch_size
         self.min_size, self.max_size, self.scale, self.score_threshold = min_size, max_size, scale, score_threshold
         self.classes, self.patience, self.seed, self.val_fraction = classes, patience, seed, val_fraction
+        self.strategy, self.devices, self.accelerator, self.precision = strategy, devices, accelerator, precision
         self.allow_download, self.progress = allow_download, progress
 
     def _validate(self) -> None:
@@ -99,22 +105,19 @@ class Detector(DenseEstimator):
                 "box_score_thresh": self.score_threshold,
                 "source": splits.source}
 
-    def _steps_per_epoch(self, splits: Any) -> int:
-        return max(1, math.ceil(len(splits.train) / self.batch_size))
-
-    def _train_batches(self, splits: Any, epoch: int) -> Iterable[Any]:
-        from headstart.data.detection import (
-            DetectionDataset,
-            DetectionTransform,
-            collate_detection,
-        )
+    def _train_dataset(self, splits: Any, epoch: int) -> Any:
+        from headstart.data.detection import DetectionDataset, DetectionTransform
 
         # flips here; rescaling happens inside the model (train_sizes), which would undo a rescale done here
         dataset = DetectionDataset(splits.train, DetectionTransform(train=True, scale=(1.0, 1.0)), seed=self.seed)
         dataset.set_epoch(epoch)
-        order = self._seeded(self.seed, epoch).permutation(len(dataset)).tolist()
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=order, num_workers=0,
-                          collate_fn=collate_detection)
+        return dataset
+
+    @staticmethod
+    def _collate(items: list[Any]) -> Any:
+        from headstart.data.detection import collate_detection
+
+        return collate_detection(items)
 
     def _loss(self, net: nn.Module, batch: Any) -> torch.Tensor:
         images, targets = batch
@@ -131,12 +134,14 @@ class Detector(DenseEstimator):
         return [s.image for s in self._splits.val]
 
     # -- prediction -------------------------------------------------------------------------------------------
-    def _detect(self, images: list[Image.Image]) -> list[dict[str, np.ndarray]]:
+    def _detect(self, images: list[Image.Image], net: nn.Module | None = None) -> list[dict[str, np.ndarray]]:
         from torchvision.transforms.functional import pil_to_tensor
 
-        tensors = [pil_to_tensor(image).float() / 255.0 for image in images]
+        net = (net or self.net_).eval()
+        device = next(net.parameters()).device
+        tensors = [(pil_to_tensor(image).float() / 255.0).to(device) for image in images]
         with torch.inference_mode():
-            outputs = self.net_.eval()(tensors)
+            outputs = [{k: v.cpu() for k, v in o.items()} for o in net(tensors)]
         return [{"boxes": o["boxes"].numpy().astype(np.float32), "scores": o["scores"].numpy().astype(np.float32),
                  "labels": o["labels"].numpy().astype(np.int64) - 1} for o in outputs]
 
@@ -182,13 +187,14 @@ class Detector(DenseEstimator):
         return atomic_write_json(out / "detections.json", results)
 
     # -- measurement --------------------------------------------------------------------------------------------
-    def _measure(self, samples: Any, *, n_bootstrap: int) -> tuple[dict[str, Any], list[Any]]:
+    def _measure(self, samples: Any, *, n_bootstrap: int, net: nn.Module | None = None
+                 ) -> tuple[dict[str, Any], list[Any]]:
         from headstart.data.images import load_image
         from headstart.evaluation.detection import detection_metrics
 
         predictions, targets = [], []
         for sample in self._tracked(list(samples), f"Detecting in {len(samples)} images"):
-            predictions.append(self._detect([load_image(sample.image)])[0])
+            predictions.append(self._detect([load_image(sample.image)], net)[0])
             targets.append({"boxes": sample.boxes, "labels": sample.labels})
         metrics = detection_metrics(predictions, targets, self.classes_, n_bootstrap=n_bootstrap, seed=self.seed)
         return metrics, predictions[:MAX_REPORT_IMAGES]

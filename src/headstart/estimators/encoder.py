@@ -1,10 +1,11 @@
 """What ``TextClassifier`` and ``AudioClassifier`` share: the image estimator's API over a pretrained encoder.
 
-Both follow the same recipe. Frozen features of every training example are computed once (and cached in the
-feature store, keyed by the encoder's weights and each text's or file's content); the linear head is solved on
-them by cross-validated L-BFGS, or a scikit-learn head is fitted. ``linear_probe`` stops there. ``fine_tune``
-then trains the whole encoder with layer-wise learning-rate decay from that solved head; ``lora`` trains only
-low-rank adapters (peft) and the head. The run folder and the saved bundle are the same as for images.
+Both follow the same recipe, on the one training loop (:func:`headstart.training.loop.train`). Frozen features
+of every training example are computed once (and cached in the feature store, keyed by the encoder's weights and
+each text's or file's content); the linear head is solved on them by cross-validated L-BFGS, or a scikit-learn
+head is fitted. ``linear_probe`` stops there. ``fine_tune`` then trains the whole encoder with layer-wise
+learning-rate decay from that solved head; ``lora`` trains only low-rank adapters (peft) and the head. The run
+folder, checkpoints, resume and the saved bundle are the same as for images.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import inspect
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +22,38 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
+from torch.utils.data import Dataset
 
 from headstart.bundle import load_bundle, save_bundle, validation_reference
-from headstart.errors import ParameterError, check_choice
-from headstart.estimators.base import EstimatorBase
+from headstart.errors import ParameterError, check_choice, check_integer
+from headstart.estimators.classification import ClassifierEstimator
 from headstart.evaluation.calibration import apply_temperature
-from headstart.evaluation.metrics import (
-    classification_metrics,
-    format_summary,
-    log_loss,
-)
-from headstart.evaluation.report import (
-    calibrate_on_validation,
-    print_skipped,
-    print_splits,
-    write_run_report,
-)
+from headstart.evaluation.report import print_splits
 from headstart.features.store import FeatureKey, FeatureStore, weights_digest
 from headstart.models.encoder_net import EncoderNet, apply_lora, merge_lora
 from headstart.models.heads import HEADS
 from headstart.storage import atomic_write_json
-from headstart.training.heads import fit_linear_head, fit_sklearn_head
+from headstart.training.checkpoints import CHECKPOINT_DIR
+from headstart.training.classification import (
+    classification_scores,
+    classification_step,
+    inverse_frequency_weights,
+    solve_linear_head,
+)
+from headstart.training.loop import (
+    StepOutput,
+    TrainConfig,
+    TrainingTask,
+    TrainState,
+    Validation,
+    process_rank,
+    train,
+)
+from headstart.training.recipes import STRATEGIES, Recipe, choose_strategy, plan_stages
 
 __all__ = ["EncoderClassifier", "ENCODER_STRATEGIES", "text_digest"]
 
-ENCODER_STRATEGIES = ("linear_probe", "fine_tune", "lora")
-# Below this many training examples the solved linear head is the default: fine-tuning a whole encoder on a
-# few hundred examples rarely beats it and costs minutes per epoch on a CPU.
-FINE_TUNE_MIN_EXAMPLES = 1000
+ENCODER_STRATEGIES = STRATEGIES
 
 
 def text_digest(text: str) -> bytes:
@@ -60,7 +65,22 @@ def text_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-class EncoderClassifier(EstimatorBase):
+class _EpochItems(Dataset):
+    """Training examples of one epoch: item ``i`` is ``make(items[i], rng(seed, epoch, i))`` with its label, so
+    random crops do not depend on the batch order (a resumed run draws what the uninterrupted one drew)."""
+
+    def __init__(self, items: list[Any], labels: np.ndarray, make: Any, *, seed: int, epoch: int) -> None:
+        self.items, self.labels, self.make, self.seed, self.epoch = items, labels, make, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return self.make(self.items[index], rng), int(self.labels[index])
+
+
+class EncoderClassifier(ClassifierEstimator):
     """What text and audio share; subclasses say how inputs are read, batched and identified."""
 
     task = ""
@@ -77,22 +97,16 @@ class EncoderClassifier(EstimatorBase):
                 f"The head {self.head!r} is a scikit-learn model on frozen features, so it cannot be trained with"
                 f" strategy={self.strategy!r} (which updates the encoder).",
                 fix="Use strategy='linear_probe' (or 'auto') with a scikit-learn head, or head='linear'.")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise self._bad("batch_size", "a positive integer")
-        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise self._bad("epochs", "a positive integer or None")
-        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1):
-            raise self._bad("lr", "a number in (0, 1) or None")
+        self._check_shared_params()
         if not isinstance(self.layer_decay, (int, float)) or not 0 < self.layer_decay <= 1:
             raise self._bad("layer_decay", "a number in (0, 1]")
-        if not isinstance(self.lora_rank, int) or not 1 <= self.lora_rank <= 256:
-            raise self._bad("lora_rank", "an integer in [1, 256]")
-        if not isinstance(self.val_fraction, float) or not 0 < self.val_fraction < 1:
-            raise self._bad("val_fraction", "a number in (0, 1)")
-        for name, low, high in (("drop_rate", 0.0, 0.95), ("label_smoothing", 0.0, 0.5), ("weight_decay", 0.0, 1.0)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not low <= value <= high:
-                raise self._bad(name, f"a number in [{low}, {high}]")
+        check_integer(owner, "lora_rank", self.lora_rank, low=1, high=256)
+        self._train_config().validate(owner)
+
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(batch_size=self.batch_size, weight_decay=self.weight_decay, patience=self.patience,
+                           monitor=self.monitor, max_grad_norm=1.0, seed=self.seed, devices=self.devices,
+                           accelerator=self.accelerator, precision=self.precision)
 
     # -- subclass hooks -----------------------------------------------------------------------------------------
     def _load_splits(self, data: Any, val: Any) -> Any:
@@ -107,8 +121,20 @@ class EncoderClassifier(EstimatorBase):
     def _digests(self, samples: Any) -> list[bytes]:
         raise NotImplementedError
 
-    def _batches(self, items: list[Any], labels: np.ndarray | None, *, shuffle_seed: int | None,
-                 batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    def _training_order(self, items: list[Any], *, epoch: int) -> list[list[int]]:
+        """The batches of one training epoch, as lists of item indices."""
+        raise NotImplementedError
+
+    def _training_item(self, item: Any, rng: np.random.Generator) -> Any:
+        """An item as training sees it (e.g. a random crop of a clip)."""
+        return item
+
+    def _inference_item(self, item: Any) -> Any:
+        """An item as prediction sees it (e.g. the centre crop of a clip)."""
+        return item
+
+    def _prepare(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        """Prepared items -> the encoder's input tensors (tokens, waveforms)."""
         raise NotImplementedError
 
     def _default_lr(self, strategy: str) -> float:
@@ -120,22 +146,39 @@ class EncoderClassifier(EstimatorBase):
     def _key_extra(self) -> dict[str, Any]:
         return {}
 
+    # -- batches ------------------------------------------------------------------------------------------------
+    def _inference_batches(self, items: list[Any], *, device: torch.device | str = "cpu"
+                           ) -> Iterator[dict[str, torch.Tensor]]:
+        """``items`` in order, prepared in batches of twice the training batch size, on ``device``."""
+        size = self.batch_size * 2
+        for start in range(0, len(items), size):
+            batch = self._prepare([self._inference_item(x) for x in items[start:start + size]])
+            yield {name: tensor.to(device) for name, tensor in batch.items()}
+
+    def _collate(self, rows: list[tuple[Any, int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return self._prepare([item for item, _ in rows]), torch.tensor([label for _, label in rows])
+
+    @torch.no_grad()
+    def _probabilities(self, net: EncoderNet, items: list[Any], device: torch.device | str = "cpu") -> np.ndarray:
+        net.eval()
+        rows = [torch.softmax(net(batch).float(), dim=1).cpu().numpy() for batch in
+                self._inference_batches(items, device=device)]
+        return np.concatenate(rows) if rows else np.zeros((0, net.head.out_features), np.float32)
+
     # -- training -------------------------------------------------------------------------------------------------
-    def _choose_strategy(self, n_train: int, console: Console) -> tuple[str, int]:
+    def _plan_strategy(self, n_train: int, console: Console) -> tuple[str, int]:
         strategy = self.strategy
-        if strategy == "auto" and self.head != "linear":
-            strategy, reason = "linear_probe", f"the {self.head} head works on frozen features"
-        elif strategy == "auto":
-            strategy = "fine_tune" if n_train >= FINE_TUNE_MIN_EXAMPLES else "linear_probe"
-            reason = (f"{n_train} training examples {'>=' if strategy == 'fine_tune' else '<'}"
-                      f" {FINE_TUNE_MIN_EXAMPLES}")
+        if strategy == "auto":
+            strategy, reason = choose_strategy(n_train, task=self.modality, pretrained=self.weights != "random",
+                                               head=self.head)
         else:
             reason = "as asked"
         console.print(f"[bold]Strategy[/bold] {strategy} ({reason}).", highlight=False)
         epochs = 1 if strategy == "linear_probe" else (self.epochs or self._default_epochs())
         return strategy, epochs
 
-    def _features(self, items: list[Any], digests: list[bytes], *, console: Console, what: str) -> np.ndarray:
+    def _features(self, items: list[Any], digests: list[bytes], *, console: Console, what: str,
+                  device: torch.device | str = "cpu") -> np.ndarray:
         """Pooled features of ``items`` with the (still pretrained) encoder frozen; cached rows are read from the
         feature store, missing ones computed and added."""
         encoder, key = self._active_encoder, self._feature_key
@@ -149,9 +192,8 @@ class EncoderClassifier(EstimatorBase):
             started = time.perf_counter()
             with Progress(console=console, disable=not self.progress, transient=True) as bar, torch.no_grad():
                 task = bar.add_task(f"features ({what})", total=len(missing))
-                subset = [items[i] for i in missing]
-                for batch, _ in self._batches(subset, None, shuffle_seed=None, batch_size=self.batch_size * 2):
-                    rows.append(encoder(batch).float().numpy())
+                for batch in self._inference_batches([items[i] for i in missing], device=device):
+                    rows.append(encoder(batch).float().cpu().numpy())
                     bar.update(task, advance=len(rows[-1]))
             block = np.concatenate(rows)
             computed = dict(zip(missing, block))
@@ -190,122 +232,134 @@ class EncoderClassifier(EstimatorBase):
                                   what="train")
         return features, description
 
-    def fit(self, data: Any, *, val: Any = None, out: str | os.PathLike[str] | None = None) -> "EncoderClassifier":
-        """Train on labelled data; with ``out``, write the run folder (config, data, metrics, plots, model).
+    def fit(self, data: Any, *, val: Any = None, out: str | os.PathLike[str] | None = None,
+            resume: bool = False) -> "EncoderClassifier":
+        """Train on labelled data; with ``out``, write the run folder (config, checkpoints, data, metrics, plots,
+        model); ``resume`` continues the run in ``out`` from its last checkpoint.
 
         Returns:
             self, fitted: ``classes_``, ``net_``, ``history_``, ``metrics_`` (validation), ``strategy_``, ``skipped_``.
 
         Raises:
-            ParameterError, DataError, WeightsNotFoundError.
+            ParameterError, DataError, WeightsNotFoundError, ResumeError.
         """
-        from headstart.training.encoder_loop import EncoderTrainConfig, train_encoder
-
         self._validate()
+        if resume and out is None:
+            raise ParameterError("resume=True needs the run folder, but out is None.",
+                                 fix="Pass out=RUN_DIR, the folder of the run to continue.")
         started = time.perf_counter()
-        console = Console(quiet=not self.progress)
+        console = Console(quiet=not self.progress or process_rank() != 0)
         run_dir = Path(out) if out is not None else None
         splits = self._load_splits(data, val)
         print_splits(console, splits)
-        classes = list(splits.classes)
-        strategy, epochs = self._choose_strategy(len(splits.train), console)
+        self.classes_ = list(splits.classes)
+        strategy, epochs = self._plan_strategy(len(splits.train), console)
         torch.manual_seed(self.seed)
         encoder, description = self._setup_encoder(splits, console)
         console.print(f"[bold]Backbone[/bold] {description}", highlight=False)
-        net = EncoderNet(encoder, len(classes), drop_rate=self.drop_rate)
-        train_items, val_items = self._items(splits.train), self._items(splits.val)
-        train_labels, val_labels = np.asarray(splits.train.labels), np.asarray(splits.val.labels)
-
-        head_started = time.perf_counter()
-        train_features = self._features(train_items, self._digests(splits.train), console=console, what="train")
-        val_features = self._features(val_items, self._digests(splits.val), console=console, what="validation")
-        class_weight = None
-        if self.class_weights:
-            counts = np.bincount(train_labels, minlength=len(classes)).astype(np.float64)
-            class_weight = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
-        self.head_ = None
-        if self.head != "linear":
-            fit = fit_sklearn_head(self.head, train_features, train_labels, class_weight=self.class_weights,
-                                   seed=self.seed)
-            self.head_ = fit.estimator
-            train_probabilities = fit.estimator.predict_proba(train_features)
-            probabilities = fit.estimator.predict_proba(val_features).astype(np.float32)
-            selection = fit.summary()
-        else:
-            fit = fit_linear_head(torch.from_numpy(train_features), torch.from_numpy(train_labels),
-                                  n_classes=len(classes), class_weight=class_weight, seed=self.seed)
-            with torch.no_grad():
-                net.head.weight.copy_(fit.weight.float())
-                net.head.bias.copy_(fit.bias.float())
-                train_probabilities = torch.softmax(net.head(torch.from_numpy(train_features)), 1).numpy()
-                probabilities = torch.softmax(net.head(torch.from_numpy(val_features)), 1).numpy()
-            selection = fit.summary()
-        history = [{"epoch": 1, "stage": "head", "train_loss": log_loss(train_probabilities, train_labels),
-                    "train_accuracy": float((train_probabilities.argmax(1) == train_labels).mean()),
-                    "val_loss": log_loss(probabilities, val_labels),
-                    "val_accuracy": float((probabilities.argmax(1) == val_labels).mean()), "lr": 0.0,
-                    "head_selection": selection, "seconds": round(time.perf_counter() - head_started, 1)}]
-        console.print(f"Solved {self.head} head on frozen features: val acc {history[0]['val_accuracy']:.4f},"
-                      f" val loss {history[0]['val_loss']:.4f}", highlight=False)
-        best_epoch, lora_settings = 1, None
+        net = EncoderNet(encoder, len(self.classes_), drop_rate=self.drop_rate)
         lr = self.lr if self.lr is not None else self._default_lr(strategy)
-        if strategy in ("fine_tune", "lora"):
-            if strategy == "lora":
-                lora_settings = apply_lora(net, rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=0.1)
-                trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-                console.print(f"LoRA rank {self.lora_rank}: {trainable:,} trainable parameters (adapters + head).")
-            else:
-                net.freeze_encoder(False)
-            config = EncoderTrainConfig(epochs=epochs, lr=lr, layer_decay=self.layer_decay,
-                                        weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-                                        patience=self.patience, monitor=self.monitor, seed=self.seed)
-            steps = -(-len(train_items) // self.batch_size)
-            history, best_epoch, probabilities = train_encoder(
-                net, lambda epoch: self._batches(train_items, train_labels, shuffle_seed=self.seed * 1000 + epoch,
-                                                 batch_size=self.batch_size),
-                lambda: self._batches(val_items, val_labels, shuffle_seed=None, batch_size=self.batch_size * 2),
-                config=config, steps_per_epoch=steps, class_weight=class_weight, history=history,
-                best_probabilities=probabilities, console=console, progress=self.progress, stage=strategy)
-            if strategy == "lora" and self.lora_merge:
-                merge_lora(net)
-        net.eval()
-        self.net_ = net
-        self.classes_ = classes
-        self.strategy_, self.epochs_, self.best_epoch_, self.history_ = strategy, epochs, best_epoch, history
+        self.encoder_description_ = {**encoder.describe(), "source": description}
+        if run_dir is not None and process_rank() == 0:
+            self._start_run(run_dir, data=data, splits=splits, strategy=strategy, epochs=epochs, lr=lr, resume=resume)
+        state, payload, lora_settings = self._train(net, splits, strategy=strategy, epochs=epochs, lr=lr,
+                                                    run_dir=run_dir, resume=resume, console=console)
+        self.net_ = net.cpu().eval()
+        self.strategy_, self.epochs_, self.best_epoch_, self.history_ = strategy, epochs, state.best_epoch, state.history
         self.lr_ = lr
         self.lora_ = None if lora_settings is None else {"settings": lora_settings, "merged": bool(self.lora_merge)}
-        self.encoder_description_ = {**encoder.describe(), "source": description}
         self.skipped_ = list(splits.skipped)
-        if self.modality == "text":
-            self.validation_ = validation_reference(splits.val.texts, splits.val.labels, kind="texts")
-        else:
-            self.validation_ = validation_reference(splits.val.paths, splits.val.labels, kind="files")
-        self.metrics_ = classification_metrics(val_labels, probabilities, classes=classes, seed=self.seed)
-        calibration = calibrate_on_validation(probabilities, val_labels, enabled=self.calibrate, console=console)
-        self.temperature_, self.calibration_ = calibration.temperature, calibration.report
-        self.metrics_["split"] = "validation"
-        self.metrics_["model_selection"] = (
-            f"best epoch ({best_epoch} of {len(history)}) chosen by {self.monitor} on this validation data; for an"
-            " unbiased estimate evaluate on a separate test set" if len(history) > 1 else
-            "none on this validation data (a solved head's penalty is chosen by cross-validation on the training"
-            " examples)")
-        self.fit_seconds_ = round(time.perf_counter() - started, 1)
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / "config.json", {
-                "task": self.task, "params": self.plain_params(), "data": str(data) if not hasattr(data, "labels")
-                else "samples", "strategy": strategy, "epochs": epochs, "lr": lr, "encoder": self.encoder_description_,
-                "lora": self.lora_})
-            atomic_write_json(run_dir / "data.json", splits.summary())
-            model_dir = self.save(run_dir / "model")
-            write_run_report(
-                run_dir, model_dir=model_dir, metrics=self.metrics_, history=history, best_epoch=best_epoch,
-                classes=classes, calibration=calibration, skipped=self.skipped_, console=console,
-                title=(f"{self.task}: backbone {description}, strategy {strategy}, {len(history)} epochs recorded,"
-                       f" best epoch {best_epoch}, {self.fit_seconds_}s"),
-                extra_metrics={"strategy": strategy, "epochs": epochs, "best_epoch": best_epoch,
-                               "fit_seconds": self.fit_seconds_, "skipped_count": len(self.skipped_)})
+        inputs = splits.val.texts if self.modality == "text" else splits.val.paths
+        self.validation_ = validation_reference(inputs, splits.val.labels, kind="texts" if self.modality == "text"
+                                                else "files")
+        self.temperature_ = 1.0
+        val_labels = np.asarray(splits.val.labels)
+        probabilities = payload if payload is not None else self._predict_items(self._items(splits.val))
+        calibration = self._finish_fit(probabilities, val_labels, monitor=self.monitor, console=console,
+                                       started=started)
+        if run_dir is not None and self.is_main_process_:
+            self._write_run(run_dir, calibration=calibration, skipped=self.skipped_, console=console,
+                            title=(f"{self.task}: backbone {description}, strategy {strategy}, {len(self.history_)}"
+                                   f" epochs recorded, best epoch {self.best_epoch_}, {self.fit_seconds_}s"),
+                            extra={"processes": self.processes_})
         return self
+
+    def _start_run(self, run_dir: Path, *, data: Any, splits: Any, strategy: str, epochs: int, lr: float,
+                   resume: bool) -> None:
+        """config.json (a fresh run only: a resumed one keeps its own) and data.json."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            import shutil
+
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # never resume an older run's checkpoints
+            atomic_write_json(run_dir / "config.json", {
+                "task": self.task, "params": self.plain_params(),
+                "data": str(Path(data).resolve()) if isinstance(data, (str, os.PathLike)) else "samples",
+                "strategy": strategy, "epochs": epochs, "lr": lr, "encoder": self.encoder_description_})
+        atomic_write_json(run_dir / "data.json", splits.summary())
+
+    def _train(self, net: EncoderNet, splits: Any, *, strategy: str, epochs: int, lr: float, run_dir: Path | None,
+               resume: bool, console: Console) -> tuple[TrainState, np.ndarray | None, dict[str, Any] | None]:
+        """The solved (or scikit-learn) head, then the strategy's stages on the training loop."""
+        train_items, val_items = self._items(splits.train), self._items(splits.val)
+        train_labels, val_labels = np.asarray(splits.train.labels), np.asarray(splits.val.labels)
+        self.head_ = None
+        if self.head != "linear":
+            train_features = self._features(train_items, self._digests(splits.train), console=console, what="train")
+            val_features = self._features(val_items, self._digests(splits.val), console=console, what="validation")
+            state, validation = self._fit_sklearn_head(train_features, train_labels, val_features, val_labels,
+                                                       n_views=1, console=console)
+            self.is_main_process_, self.processes_ = True, 1
+            return state, validation.payload, None
+        lora_settings = None
+        if strategy == "lora":
+            lora_settings = apply_lora(net, rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=0.1)
+            trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+            console.print(f"LoRA rank {self.lora_rank}: {trainable:,} trainable parameters (adapters + head).")
+        stages = plan_stages(strategy, epochs, lr=lr, recipe=Recipe(default_lr=lr, lr_mult=self.layer_decay),
+                             n_groups=len(net.layer_groups()), owner=type(self).__name__)
+        task = self._training_task(splits, train_items, val_items, train_labels, val_labels, console)
+        result = train(net, task, stages=stages, config=self._train_config(), run_dir=run_dir, resume=resume,
+                       console=console, progress=self.progress)
+        self.is_main_process_, self.processes_ = result.is_main_process, result.world_size
+        if strategy == "lora" and self.lora_merge:
+            merge_lora(net)
+        return result.state, result.best_payload, lora_settings
+
+    def _training_task(self, splits: Any, train_items: list[Any], val_items: list[Any], train_labels: np.ndarray,
+                       val_labels: np.ndarray, console: Console) -> TrainingTask:
+        """The hooks of a text or audio task: batches of prepared inputs, the head solved on cached features."""
+        weight = inverse_frequency_weights(np.bincount(train_labels, minlength=len(self.classes_))) \
+            if self.class_weights else None
+
+        def step(module: torch.nn.Module, batch: Any) -> StepOutput:
+            inputs, labels = batch
+            return classification_step(module, inputs, labels, class_weight=weight,
+                                       label_smoothing=self.label_smoothing)
+
+        def validate(net: EncoderNet, device: torch.device) -> Validation:
+            probabilities = self._probabilities(net, val_items, device)
+            return Validation(classification_scores(probabilities, val_labels), payload=probabilities)
+
+        def solve(net: EncoderNet, fabric: Any) -> Validation:
+            train_features = self._features(train_items, self._digests(splits.train), console=console, what="train",
+                                            device=fabric.device)
+            val_features = self._features(val_items, self._digests(splits.val), console=console, what="validation",
+                                          device=fabric.device)
+            validation = solve_linear_head(net.head, torch.from_numpy(train_features), torch.from_numpy(train_labels),
+                                           torch.from_numpy(val_features), torch.from_numpy(val_labels),
+                                           class_weight=weight, seed=self.seed)
+            console.print(f"Solved {self.head} head on frozen features: val acc"
+                          f" {validation.scores['val_accuracy']:.4f}, val loss {validation.scores['val_loss']:.4f}",
+                          highlight=False)
+            return validation
+
+        return TrainingTask(
+            dataset=lambda epoch: _EpochItems(train_items, train_labels, self._training_item, seed=self.seed,
+                                              epoch=epoch),
+            batches=lambda epoch: self._training_order(train_items, epoch=epoch), collate=self._collate,
+            step=step, validate=validate, solve_head=solve, find_unused_parameters=True,
+            fingerprint=self._run_fingerprint(self.classes_, len(train_items), len(val_items)))
 
     # -- prediction and evaluation ---------------------------------------------------------------------------------
     def _predict_items(self, items: list[Any]) -> np.ndarray:
@@ -313,46 +367,23 @@ class EncoderClassifier(EstimatorBase):
         if not items:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
         self.net_.eval()
-        rows = []
-        with torch.no_grad():
-            for batch, _ in self._batches(items, None, shuffle_seed=None, batch_size=self.batch_size * 2):
-                if self.head_ is not None:
-                    rows.append(self.head_.predict_proba(self.net_.features(batch).float().numpy()).astype(np.float32))
-                else:
-                    rows.append(torch.softmax(self.net_(batch).float(), dim=1).numpy())
-        probabilities = np.concatenate(rows)
+        if self.head_ is not None:
+            with torch.no_grad():
+                features = [self.net_.features(batch).float().numpy() for batch in self._inference_batches(items)]
+            probabilities = self.head_.predict_proba(np.concatenate(features)).astype(np.float32)
+        else:
+            probabilities = self._probabilities(self.net_, items)
         temperature = getattr(self, "temperature_", 1.0)
         return probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature).astype(np.float32)
 
-    def predict(self, inputs: Sequence[Any]) -> list[str]:
-        """The most probable class name for each input."""
-        probabilities = self.predict_proba(inputs)
-        return [self.classes_[i] for i in probabilities.argmax(axis=1)]
-
     def _evaluate_samples(self, samples: Any, skipped: list[Any], *, data: Any, out: Any, n_bootstrap: int,
                           names: list[str]) -> dict[str, Any]:
-        from headstart.evaluation.plots import plot_confusion_matrix
-
         console = Console(quiet=not self.progress)
         data = data if isinstance(data, (str, os.PathLike)) else f"{type(data).__name__} ({len(samples)} examples)"
-        console.print(f"[bold]Evaluation[/bold] on {data} ({len(samples)} examples)", highlight=False)
-        print_skipped(console, skipped)
+        self._print_evaluation_start(console, data, len(samples), skipped)
         probabilities = self._predict_items(self._items(samples))
-        metrics = classification_metrics(samples.labels, probabilities, classes=self.classes_,
-                                         n_bootstrap=n_bootstrap, seed=self.seed)
-        metrics.update({"split": "evaluation", "data": str(data), "skipped_count": len(skipped),
-                        "skipped": [{"path": str(s.path), "reason": s.reason} for s in skipped]})
-        if out is not None:
-            out = Path(out)
-            atomic_write_json(out / "metrics.json", metrics)
-            plot_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png", classes=self.classes_,
-                                  title=f"Confusion matrix ({Path(str(data)).name})")
-            atomic_write_json(out / "predictions.json", [
-                {"input": name, "true": self.classes_[t], "predicted": self.classes_[int(np.argmax(row))],
-                 "probability": float(np.max(row))}
-                for name, t, row in zip(names, samples.labels, probabilities)])
-        console.print(format_summary(metrics))
-        return metrics
+        return self._report_evaluation(samples.labels, probabilities, names=names, name_key="input", data=data,
+                                       skipped=skipped, out=out, n_bootstrap=n_bootstrap, console=console)
 
     # -- persistence -------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:

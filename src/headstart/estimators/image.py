@@ -25,51 +25,53 @@ from headstart.bundle import load_bundle, save_bundle, validation_reference
 from headstart.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DatasetSplits,
-    SkippedFile,
     scan_image_folder,
 )
-from headstart.errors import DataError, ParameterError, check_choice
-from headstart.estimators.base import EstimatorBase
+from headstart.errors import DataError, ParameterError, check_choice, check_integer
+from headstart.estimators.classification import ClassifierEstimator
 from headstart.evaluation.calibration import apply_temperature
-from headstart.evaluation.metrics import classification_metrics, format_summary
-from headstart.evaluation.plots import plot_confusion_matrix
 from headstart.evaluation.report import (
-    MIN_CALIBRATION_EXAMPLES,
-    Calibration,
-    calibrate_on_validation,
-    print_skipped,
     print_splits,
-    write_run_report,
 )
-from headstart.features import RUNTIMES, FeatureExtractor, FeatureStore, view_names
+from headstart.features import (
+    RUNTIMES,
+    FeatureExtractor,
+    FeatureStore,
+    frozen_feature_size,
+    frozen_view_features,
+    view_names,
+)
 from headstart.models import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
 from headstart.models.heads import HEADS, FeatureMLP
 from headstart.models.inference import predict_files
 from headstart.storage import atomic_write_json
-from headstart.training.recipes import STRATEGIES
+from headstart.training.checkpoints import CHECKPOINT_DIR
+from headstart.training.classification import (
+    classification_scores,
+    classification_step,
+    inverse_frequency_weights,
+    solve_linear_head,
+)
+from headstart.training.loop import (
+    StepOutput,
+    TrainConfig,
+    TrainingTask,
+    TrainState,
+    Validation,
+    shuffled_batches,
+)
+from headstart.training.recipes import NON_LORA_STRATEGIES as IMAGE_STRATEGIES
+from headstart.training.recipes import (
+    Stage,
+    choose_strategy,
+    default_epochs,
+    plan_stages,
+)
 
-__all__ = ["ImageClassifier", "frozen_feature_size", "print_skipped"]
-
-MIN_CALIBRATION_IMAGES = MIN_CALIBRATION_EXAMPLES  # kept for callers of the image-only name
+__all__ = ["ImageClassifier", "frozen_feature_size"]
 
 
-def frozen_feature_size(pretrained_size: int) -> int:
-    """Input side for frozen features of a backbone pretrained at ``pretrained_size``.
-
-    A network trained with random-resized crops sees objects larger than a centre crop at the same size
-    shows them, so it classifies best when tested at a higher resolution: about 1.29x (224 -> 288) in Touvron
-    et al., "Fixing the train-test resolution discrepancy" (FixRes, 2019). Only models pretrained at
-    <= 256 px are scaled; larger ones (Inception 299, NASNet 331) are already expensive on a CPU.
-
-    >>> frozen_feature_size(224), frozen_feature_size(299)
-    (288, 299)
-    """
-    if pretrained_size > 256:
-        return pretrained_size
-    return int(round(pretrained_size * 1.29 / 32) * 32)
-
-
-class ImageClassifier(EstimatorBase):
+class ImageClassifier(ClassifierEstimator):
     """Transfer learning for image classification from a folder of labelled images.
 
     Args:
@@ -85,7 +87,7 @@ class ImageClassifier(EstimatorBase):
         lr: peak learning rate of the head; ``None`` uses the strategy's default.
         batch_size: images per step (per process).
         image_size: square input side; ``None`` uses the backbone's pretrained resolution, scaled by
-            :func:`frozen_feature_size` for ``linear_probe``.
+            :func:`~headstart.features.frozen_feature_size` for ``linear_probe``.
         drop_rate: dropout before the new classifier.
         label_smoothing: cross-entropy label smoothing.
         weight_decay: AdamW weight decay (not applied to biases and norm weights).
@@ -177,13 +179,7 @@ class ImageClassifier(EstimatorBase):
 
     # -- scikit-learn conventions -------------------------------------------------------------------------
     def _validate_params(self) -> None:
-        def bad(name: str, expected: str) -> ParameterError:
-            return ParameterError(
-                f"The '{name}' parameter of ImageClassifier must be {expected}. Got {getattr(self, name)!r}.",
-                fix=f"Pass {name} (CLI: --{name.replace('_', '-')}) as {expected}, or leave it unset for the default.",
-            )
-
-        check_choice("ImageClassifier", "strategy", self.strategy, ("auto", *STRATEGIES))
+        check_choice("ImageClassifier", "strategy", self.strategy, ("auto", *IMAGE_STRATEGIES))
         check_choice("ImageClassifier", "head", self.head, HEADS)
         check_choice("ImageClassifier", "runtime", self.runtime, RUNTIMES)
         if self.head != "linear" and self.strategy not in ("auto", "linear_probe"):
@@ -192,36 +188,21 @@ class ImageClassifier(EstimatorBase):
                 f" strategy={self.strategy!r} (which updates the backbone).",
                 fix="Use strategy='linear_probe' (or 'auto') with a scikit-learn head, or head='linear'.")
         if not isinstance(self.augmented_views, int) or not 0 <= self.augmented_views <= 32:
-            raise bad("augmented_views", "an integer in [0, 32]")
+            raise self._bad("augmented_views", "an integer in [0, 32]")
         if self.lr_mult is not None and (not isinstance(self.lr_mult, (int, float)) or not 0 < self.lr_mult <= 1):
-            raise bad("lr_mult", "a number in (0, 1] or None")
+            raise self._bad("lr_mult", "a number in (0, 1] or None")
         get_backbone_spec(self.backbone)
-        for name in ("batch_size", "devices", "max_image_pixels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise bad(name, "a positive integer")
-        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise bad("epochs", "a positive integer or None")
-        if self.image_size is not None and (not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024):
-            raise bad("image_size", "an integer in [32, 1024] or None")
-        for name, low, high in (("drop_rate", 0.0, 0.95), ("label_smoothing", 0.0, 0.5), ("weight_decay", 0.0, 1.0)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not low <= value <= high:
-                raise bad(name, f"a number in [{low}, {high}]")
-        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1):
-            raise bad("lr", "a number in (0, 1) or None")
-        if not isinstance(self.val_fraction, float) or not 0 < self.val_fraction < 1:
-            raise bad("val_fraction", "a number in (0, 1)")
+        self._check_shared_params()
+        check_integer("ImageClassifier", "max_image_pixels", self.max_image_pixels, low=1)
+        check_integer("ImageClassifier", "num_workers", self.num_workers, low=0, optional=True)
+        check_integer("ImageClassifier", "image_size", self.image_size, low=32, high=1024, optional=True)
+        check_choice("ImageClassifier", "monitor", self.monitor, ("val_loss", "val_accuracy"))
+        self._train_config().validate("ImageClassifier")
 
-    def _train_config(self) -> Any:
-        from headstart.training.loop import TrainConfig
-
-        return TrainConfig(
-            batch_size=self.batch_size, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-            patience=self.patience, monitor=self.monitor, class_weights=self.class_weights, seed=self.seed,
-            num_workers=self.num_workers, devices=self.devices, accelerator=self.accelerator,
-            precision=self.precision,
-        )
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(batch_size=self.batch_size, weight_decay=self.weight_decay, patience=self.patience,
+                           monitor=self.monitor, seed=self.seed, devices=self.devices, accelerator=self.accelerator,
+                           precision=self.precision)
 
     # -- training -------------------------------------------------------------------------------------------
     def fit(self, data: str | os.PathLike[str], *, val: str | os.PathLike[str] | None = None,
@@ -242,53 +223,97 @@ class ImageClassifier(EstimatorBase):
             ParameterError, DataError, WeightsNotFoundError, ResumeError.
         """
         from headstart.data.images import load_image_dataset
-        from headstart.data.transforms import ImageDataset, build_transform
         from headstart.models import create_backbone
         from headstart.models.classifier_net import ClassifierNet
-        from headstart.training.loop import process_rank, train_classifier
-        from headstart.training.recipes import (
-            choose_strategy,
-            default_epochs,
-            plan_stages,
-        )
+        from headstart.training.loop import process_rank, train
 
         self._validate_params()
         self.adaptation_ = None  # a refit model is no longer an adapted one
         config = self._train_config()
-        config.validate()
         if resume and out is None:
-            raise ParameterError("resume=True needs the run folder, but out is None.", fix="Pass out=RUN_DIR, the folder of the run to continue.")
+            raise ParameterError("resume=True needs the run folder, but out is None.",
+                                 fix="Pass out=RUN_DIR, the folder of the run to continue.")
         started = time.perf_counter()
         console = Console(quiet=not self.progress or process_rank() != 0)
         run_dir = Path(out) if out is not None else None
-
         splits = load_image_dataset(data, val=val, val_fraction=self.val_fraction, seed=self.seed,
                                     max_pixels=self.max_image_pixels)
         print_splits(console, splits)
+        strategy, epochs, stages = self._plan(len(splits.train), console)
+        spec = get_backbone_spec(self.backbone)
+        preprocessing = self._input_preprocessing(spec, strategy, console)
+        torch.manual_seed(self.seed)
+        model, source = create_backbone(self.backbone, len(splits.classes), weights=self.weights,
+                                        drop_rate=self.drop_rate, allow_download=self.allow_download)
+        console.print(f"[bold]Backbone[/bold] {spec.name} ({spec.timm_id}), weights from {source.description}; "
+                      f"input {preprocessing.input_size}px.")
+        views = view_names(self.augmented_views)
+        extractor = self._feature_extractor(model, preprocessing, spec.architecture, console=console,
+                                            cache_features=True)
+        self.backbone_spec_ = {"name": spec.name, "timm_id": spec.timm_id, "architecture": spec.architecture,
+                               "weights": source.description}
+        if run_dir is not None and process_rank() == 0:
+            self._start_run(run_dir, resume=resume, splits=splits, data=data, val=val, strategy=strategy,
+                            epochs=epochs, stages=stages, preprocessing=preprocessing, config=config)
+        self.head_ = None
+        self._predict_extractor = None  # a refit must never predict with the previous model's extractor
+        if self.head != "linear":
+            state, validation = self._fit_sklearn_on_images(extractor, splits, views, console)
+            payload = validation.payload
+            model.reset_classifier(0)
+            self.is_main_process_, self.processes_ = True, 1
+        else:
+            net = ClassifierNet(model)
+            result = train(net, self._training_task(net, splits, preprocessing, extractor, views, console),
+                           stages=stages, config=config, run_dir=run_dir, resume=resume, console=console,
+                           progress=self.progress)
+            state, payload = result.state, result.best_payload
+            self.is_main_process_, self.processes_ = result.is_main_process, result.world_size
+        self.features_report_ = extractor.report.to_dict() if extractor is not None else None
+        self.model_ = model.cpu().to(memory_format=torch.contiguous_format).eval()
+        self.classes_ = list(splits.classes)
+        self.preprocessing_ = preprocessing
+        self.history_, self.best_epoch_ = state.history, state.best_epoch
+        self.strategy_, self.epochs_ = strategy, epochs
+        self.skipped_ = list(splits.skipped)
+        self.validation_ = validation_reference(splits.val.paths, splits.val.labels, kind="files")
+        self.train_config_ = asdict(config)
+        self.stages_ = [s.to_dict() for s in stages]
+        # The restored epoch's validation predictions are kept by the loop; recompute only after a resume.
+        self.temperature_ = 1.0
+        probabilities = payload if payload is not None else self.predict_proba(splits.val.paths)
+        calibration = self._finish_fit(probabilities, np.asarray(splits.val.labels), monitor=config.monitor,
+                                       console=console, started=started)
+        if run_dir is not None and self.is_main_process_:
+            self._write_run(run_dir, calibration=calibration, skipped=list(splits.skipped), console=console,
+                            title=(f"backbone {spec.name} ({source.description}), strategy {strategy},"
+                                   f" {len(self.history_)} of {epochs} epochs, best epoch {self.best_epoch_},"
+                                   f" {self.fit_seconds_}s"),
+                            extra={"processes": self.processes_, "features": self.features_report_})
+        return self
 
+    def _plan(self, n_train: int, console: Console) -> tuple[str, int, list[Stage]]:
+        """The strategy (``auto``: the one rule of :func:`~headstart.training.recipes.choose_strategy`), its
+        epochs and its stages."""
         strategy, epochs = self.strategy, self.epochs
-        n_train = len(splits.train)
-        if strategy == "auto" and self.head != "linear":
-            strategy = "linear_probe"
-            console.print(f"[bold]Strategy[/bold] linear_probe (the {self.head} head works on frozen features).",
-                          highlight=False)
-        elif strategy == "auto":
-            strategy, reason = choose_strategy(n_train)
+        if strategy == "auto":
+            strategy, reason = choose_strategy(n_train, pretrained=self.weights != "random", head=self.head)
             console.print(f"[bold]Strategy[/bold] {strategy} ({reason}).", highlight=False)
         if epochs is None:
             epochs = default_epochs(strategy, n_train)
         if strategy == "linear_probe":
-            # fit() always caches frozen features, so the head is solved in one step (see train.py)
             if epochs != 1:
                 console.print(f"Note: epochs={epochs} is ignored: the linear head is solved on cached features.")
                 epochs = 1
             console.print("Linear probe: the head is solved on cached frozen features." if self.head == "linear" else
                           f"Frozen features + scikit-learn {self.head} head, chosen by cross-validation.")
         else:
-            console.print(f"Epochs: {epochs}" + (" unfrozen, after one frozen head stage." if strategy == "fine_tune" else "."))
-        stages = plan_stages(strategy, epochs, lr=self.lr, lr_mult=self.lr_mult)
+            console.print(f"Epochs: {epochs}" + (" unfrozen, after one frozen head stage." if strategy == "fine_tune"
+                                                 else "."))
+        return strategy, epochs, plan_stages(strategy, epochs, lr=self.lr, lr_mult=self.lr_mult)
 
-        spec = get_backbone_spec(self.backbone)
+    def _input_preprocessing(self, spec: Any, strategy: str, console: Console) -> Preprocessing:
+        """The backbone's preprocessing at the input size: ``image_size``, or x1.29 for frozen features (FixRes)."""
         preprocessing = spec.preprocessing()
         image_size = self.image_size
         fixed_size = bool(getattr(timm.models.get_pretrained_cfg(spec.timm_id), "fixed_input_size", False))
@@ -296,100 +321,75 @@ class ImageClassifier(EstimatorBase):
             raise ParameterError(
                 f"Backbone {spec.name!r} ({spec.timm_id}) only accepts {preprocessing.input_size}px inputs."
                 f" Got image_size={image_size}.",
-                fix="Leave image_size unset for this backbone, or choose a convolutional backbone.",
-            )
+                fix="Leave image_size unset for this backbone, or choose a convolutional backbone.")
         if image_size is None and strategy == "linear_probe" and self.weights != "random" and not fixed_size:
             image_size = frozen_feature_size(preprocessing.input_size)
             if image_size != preprocessing.input_size:
                 console.print(f"Input {image_size}px for frozen features ({preprocessing.input_size}px x ~1.29, FixRes;"
                               " set image_size to override).")
-        if image_size is not None:
-            preprocessing = Preprocessing.from_dict({**preprocessing.to_dict(), "input_size": image_size})
-        torch.manual_seed(self.seed)
-        model, source = create_backbone(self.backbone, len(splits.classes), weights=self.weights,
-                                        drop_rate=self.drop_rate, allow_download=self.allow_download)
-        console.print(f"[bold]Backbone[/bold] {spec.name} ({spec.timm_id}), weights from {source.description}; "
-                      f"input {preprocessing.input_size}px.")
-        net = ClassifierNet(model)
-        train_set = ImageDataset(splits.train.paths, splits.train.labels, build_transform(preprocessing, train=True),
-                                 max_pixels=self.max_image_pixels)
-        val_set = ImageDataset(splits.val.paths, splits.val.labels, build_transform(preprocessing, train=False),
-                               max_pixels=self.max_image_pixels)
-        # Frozen stages train the head on cached features of two deterministic views (centre crop, mirrored).
-        frozen_views = [
-            ImageDataset(splits.train.paths, splits.train.labels, build_transform(preprocessing, train=False, flip=flip),
-                         max_pixels=self.max_image_pixels)
-            for flip in (False, True)
-        ]
+        if image_size is None:
+            return preprocessing
+        return Preprocessing.from_dict({**preprocessing.to_dict(), "input_size": image_size})
 
-        views = view_names(self.augmented_views)
-        extractor = self._feature_extractor(model, preprocessing, spec.architecture, console=console,
-                                            cache_features=True)
+    def _start_run(self, run_dir: Path, *, resume: bool, splits: DatasetSplits, data: Any, val: Any, strategy: str,
+                   epochs: int, stages: list[Stage], preprocessing: Preprocessing, config: TrainConfig) -> None:
+        """The run folder's config.json (a fresh run only; a resumed one keeps its own) and data.json."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            # A fresh run must never be resumed from an older run's checkpoints left in the same folder.
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+            atomic_write_json(run_dir / "config.json", {
+                "task": "image_classification", "params": self.plain_params(), "data": str(Path(data).resolve()),
+                "val": None if val is None else str(Path(val).resolve()), "strategy": strategy, "epochs": epochs,
+                "stages": [s.to_dict() for s in stages], "backbone": self.backbone_spec_,
+                "preprocessing": preprocessing.to_dict(), "train_config": asdict(config)})
+        atomic_write_json(run_dir / "data.json", splits.summary())
 
-        run_config = {
-            "params": self.plain_params(),
-            "data": str(Path(data).resolve()), "val": None if val is None else str(Path(val).resolve()),
-            "strategy": strategy, "epochs": epochs, "stages": [s.to_dict() for s in stages],
-            "backbone": {"name": spec.name, "timm_id": spec.timm_id, "weights": source.description},
-            "preprocessing": preprocessing.to_dict(), "train_config": asdict(config),
-        }
-        if run_dir is not None and process_rank() == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                # A fresh run must never be resumed from an older run's checkpoints left in the same folder.
-                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-                atomic_write_json(run_dir / "config.json", run_config)
-            atomic_write_json(run_dir / "data.json", splits.summary())
+    def _training_task(self, net: Any, splits: DatasetSplits, preprocessing: Preprocessing,
+                       extractor: FeatureExtractor | None, views: list[str], console: Console) -> TrainingTask:
+        """The hooks of the image task: decoded, augmented images; the head solved on cached frozen features."""
+        from headstart.data.transforms import ImageDataset, build_transform
+        from headstart.models.inference import auto_num_workers, predict_dataset
 
-        self.head_ = None
-        self._predict_extractor = None  # a refit must never predict with the previous model's extractor
-        if self.head != "linear":
-            state, best_probabilities = self._fit_sklearn_head(extractor, splits, views, console)
-            model.reset_classifier(0)
-            self.is_main_process_, self.processes_ = True, 1
-        else:
-            state, fabric, best_probabilities = train_classifier(
-                net, train_set, val_set=val_set, stages=stages, config=config, run_dir=run_dir, resume=resume,
-                class_counts=list(splits.train.class_counts().values()), console=console, progress=self.progress,
-                frozen_views=frozen_views, extractor=extractor, view_names=views,
-            )
-            self.is_main_process_ = fabric.is_global_zero
-            self.processes_ = fabric.world_size
-        self.features_report_ = extractor.report.to_dict() if extractor is not None else None
-        self.model_ = net.model.cpu().to(memory_format=torch.contiguous_format).eval()
-        self.classes_ = list(splits.classes)
-        self.preprocessing_ = preprocessing
-        self.history_ = state.history
-        self.strategy_ = strategy
-        self.epochs_ = epochs
-        self.best_epoch_ = state.best_epoch
-        self.skipped_ = list(splits.skipped)
-        self.validation_ = validation_reference(splits.val.paths, splits.val.labels, kind="files")
-        self.backbone_spec_ = {"name": spec.name, "timm_id": spec.timm_id, "architecture": spec.architecture,
-                               "weights": source.description}
-        self.train_config_ = asdict(config)
-        self.stages_ = [s.to_dict() for s in stages]
+        def images(paths: Any, labels: Any, **transform: bool) -> ImageDataset:
+            return ImageDataset(paths, labels, build_transform(preprocessing, **transform),
+                                max_pixels=self.max_image_pixels)
 
-        # The restored epoch's validation predictions are kept by the loop; recompute only after a resume.
-        self.temperature_ = 1.0
-        probabilities = best_probabilities if best_probabilities is not None else self.predict_proba(splits.val.paths)
-        self.metrics_ = classification_metrics(splits.val.labels, probabilities, classes=self.classes_, seed=self.seed)
-        calibration = calibrate_on_validation(probabilities, np.asarray(splits.val.labels), enabled=self.calibrate,
-                                              console=console)
-        self.temperature_, self.calibration_, self._calibration = (calibration.temperature, calibration.report,
-                                                                   calibration)
-        self.metrics_["split"] = "validation"
-        self.metrics_["model_selection"] = (
-            f"best epoch ({state.best_epoch} of {len(state.history)}) chosen by {config.monitor} on this validation"
-            " data; for an unbiased estimate evaluate on a separate test set"
-            if len(state.history) > 1 else
-            "none on this validation data (one epoch; a solved head's penalty is chosen by cross-validation on"
-            " the training images)"
-        )
-        self.fit_seconds_ = round(time.perf_counter() - started, 1)
-        if run_dir is not None and self.is_main_process_:
-            self._write_run(run_dir, splits.skipped, console)
-        return self
+        train_set = images(splits.train.paths, splits.train.labels, train=True)
+        val_set = images(splits.val.paths, splits.val.labels, train=False)
+        # the frozen head is solved on cached features of two deterministic views: the centre crop, mirrored
+        frozen_views = [images(splits.train.paths, splits.train.labels, train=False, flip=flip) for flip in (False, True)]
+        weight = inverse_frequency_weights(list(splits.train.class_counts().values())) if self.class_weights else None
+
+        def step(module: torch.nn.Module, batch: Any) -> StepOutput:
+            pixels, labels = batch
+            train_set.raise_for_failures(labels)
+            if pixels.device.type == "cpu":
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            return classification_step(module, pixels, labels, class_weight=weight,
+                                       label_smoothing=self.label_smoothing)
+
+        def validate(model: torch.nn.Module, device: torch.device) -> Validation:
+            probabilities, labels = predict_dataset(model, val_set, batch_size=self.batch_size * 2,
+                                                    num_workers=self.num_workers, device=device,
+                                                    channels_last=device.type == "cpu")
+            return Validation(classification_scores(probabilities, labels), payload=probabilities)
+
+        def solve(model: Any, fabric: Any) -> Validation:
+            features, labels, val_features, n_views = frozen_view_features(
+                model, frozen_views, val_set, extractor=extractor if fabric.world_size == 1 and
+                fabric.device.type == "cpu" else None, view_names=views, batch_size=self.batch_size,
+                num_workers=self.num_workers, device=fabric.device, console=console, progress=self.progress)
+            return solve_linear_head(model.model.get_classifier(), features, labels, val_features,
+                                     torch.as_tensor(val_set.labels), n_views=n_views, class_weight=weight,
+                                     seed=self.seed)
+
+        return TrainingTask(
+            dataset=lambda epoch: train_set,
+            batches=lambda epoch: shuffled_batches(len(train_set), self.batch_size, seed=self.seed, epoch=epoch),
+            step=step, validate=validate, solve_head=solve, channels_last=True,
+            num_workers=auto_num_workers(len(train_set)) if self.num_workers is None else self.num_workers,
+            fingerprint=self._run_fingerprint(splits.classes, len(splits.train), len(splits.val)))
 
     def _feature_extractor(self, model: torch.nn.Module, preprocessing: Preprocessing, architecture: str, *,
                            console: Console, cache_features: bool) -> FeatureExtractor | None:
@@ -406,48 +406,17 @@ class ImageClassifier(EstimatorBase):
                                 max_pixels=self.max_image_pixels,
                                 warn=lambda message: console.print(f"[yellow]Warning:[/yellow] {message}"))
 
-    def _fit_sklearn_head(self, extractor: FeatureExtractor | None, splits: DatasetSplits, views: list[str],
-                          console: Console) -> tuple[Any, np.ndarray]:
+    def _fit_sklearn_on_images(self, extractor: FeatureExtractor | None, splits: DatasetSplits, views: list[str],
+                               console: Console) -> tuple[TrainState, Validation]:
         """Frozen features of every view -> a scikit-learn head chosen by CV; one history record."""
-        from headstart.evaluation.metrics import log_loss
-        from headstart.training.heads import fit_sklearn_head
-        from headstart.training.loop import TrainState
-
         if extractor is None:
             raise ParameterError(f"The scikit-learn head {self.head!r} runs on the CPU in one process.",
                                  fix="Use devices=1 and accelerator='cpu' with a scikit-learn head.")
-        started = time.perf_counter()
         train = np.concatenate([extractor.extract(splits.train.paths, view=v) for v in views])
-        labels = np.tile(np.asarray(splits.train.labels), len(views))
         val = extractor.extract(splits.val.paths)
         console.print(f"Frozen {extractor.report.describe()}; views {', '.join(views)}.", highlight=False)
-        fit = fit_sklearn_head(self.head, train, labels, n_views=len(views), class_weight=self.class_weights,
-                               seed=self.seed)
-        self.head_ = fit.estimator
-        train_probabilities = fit.estimator.predict_proba(train[: len(splits.train)])
-        probabilities = fit.estimator.predict_proba(val)
-        val_labels = np.asarray(splits.val.labels)
-        record = {"epoch": 1, "stage": "head", "train_loss": log_loss(train_probabilities, labels[: len(splits.train)]),
-                  "train_accuracy": float((train_probabilities.argmax(1) == labels[: len(splits.train)]).mean()),
-                  "val_loss": log_loss(probabilities, val_labels),
-                  "val_accuracy": float((probabilities.argmax(1) == val_labels).mean()), "lr": 0.0,
-                  "head_selection": fit.summary(), "seconds": round(time.perf_counter() - started, 2)}
-        console.print(f"{self.head} head: {fit.params or 'defaults'} ({fit.summary()['selection']});"
-                      f" val acc {record['val_accuracy']:.3f}", highlight=False)
-        return TrainState(epoch=1, best_epoch=1, history=[record], finished=True), probabilities
-
-    def _write_run(self, run_dir: Path, skipped: list[SkippedFile], console: Console) -> None:
-        model_dir = self.save(run_dir / "model")
-        write_run_report(
-            run_dir, model_dir=model_dir, metrics=self.metrics_, history=self.history_, best_epoch=self.best_epoch_,
-            classes=self.classes_, calibration=getattr(self, "_calibration", Calibration()), skipped=skipped,
-            console=console,
-            title=(f"backbone {self.backbone_spec_['name']} ({self.backbone_spec_['weights']}), strategy"
-                   f" {self.strategy_}, {len(self.history_)} of {self.epochs_} epochs, best epoch {self.best_epoch_},"
-                   f" {self.fit_seconds_}s"),
-            extra_metrics={"strategy": self.strategy_, "epochs": self.epochs_, "best_epoch": self.best_epoch_,
-                           "fit_seconds": self.fit_seconds_, "processes": self.processes_,
-                           "skipped_count": len(skipped), "features": self.features_report_})
+        return self._fit_sklearn_head(train, np.asarray(splits.train.labels), val, np.asarray(splits.val.labels),
+                                      n_views=len(views), console=console)
 
     # -- prediction and evaluation ---------------------------------------------------------------------------
     def predict_proba(self, images: Sequence[str | os.PathLike[str]], *, batch_size: int | None = None) -> np.ndarray:
@@ -486,15 +455,10 @@ class ImageClassifier(EstimatorBase):
         temperature = getattr(self, "temperature_", 1.0)
         return probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature).astype(np.float32)
 
-    def predict(self, images: Sequence[str | os.PathLike[str]]) -> list[str]:
-        """The most probable class name for each image."""
-        probabilities = self.predict_proba(images)
-        return [self.classes_[i] for i in probabilities.argmax(axis=1)]
-
     def evaluate(self, data: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None,
                  n_bootstrap: int = 1000) -> dict[str, Any]:
         """Metrics on a labelled class-folder (its classes must be among ``classes_``); with ``out``, write
-        ``metrics.json``, ``confusion_matrix.png`` and the list of skipped files there.
+        ``metrics.json``, ``confusion_matrix.png`` and ``predictions.json`` there.
         """
         self._check_fitted("evaluate")
         samples, skipped = scan_image_folder(data, classes=self.classes_, role="evaluation",
@@ -506,26 +470,11 @@ class ImageClassifier(EstimatorBase):
                 fix="Arrange labelled images as DATA/<class name>/<image>; use `predict` for unlabelled images.",
             )
         console = Console(quiet=not self.progress)
-        console.print(f"[bold]Evaluation[/bold] on {data} ({len(samples)} images)", highlight=False)
-        print_skipped(console, skipped)
+        self._print_evaluation_start(console, data, len(samples), skipped)
         probabilities = self.predict_proba(samples.paths)
-        metrics = classification_metrics(samples.labels, probabilities, classes=self.classes_, n_bootstrap=n_bootstrap,
-                                         seed=self.seed)
-        metrics.update({"split": "evaluation", "data": str(Path(data).resolve()), "skipped_count": len(skipped),
-                        "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
-        if out is not None:
-            out = Path(out)
-            atomic_write_json(out / "metrics.json", metrics)
-            plot_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png", classes=self.classes_,
-                                  title=f"Confusion matrix ({Path(data).name})")
-            predictions = [
-                {"path": str(p), "true": self.classes_[t], "predicted": self.classes_[int(np.argmax(row))],
-                 "probability": float(np.max(row))}
-                for p, t, row in zip(samples.paths, samples.labels, probabilities)
-            ]
-            atomic_write_json(out / "predictions.json", predictions)
-        console.print(format_summary(metrics))
-        return metrics
+        return self._report_evaluation(samples.labels, probabilities, names=[str(p) for p in samples.paths],
+                                       name_key="path", data=Path(data).resolve(), skipped=skipped, out=out,
+                                       n_bootstrap=n_bootstrap, console=console)
 
     # -- persistence ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
 
 from headstart.errors import check_choice
 from headstart.estimators.dense import DenseEstimator
@@ -70,6 +69,11 @@ class Segmenter(DenseEstimator):
             (4x the prediction time; an exported model predicts without it).
         patience: early stopping on validation mIoU (None = off). val_fraction: hold-out share without
             validation data. seed: split, initialisation and augmentation.
+        strategy: ``auto`` (``fine_tune``: the frozen-backbone stage, then everything; ``full`` for random weights),
+            ``linear_probe`` (the backbone stays frozen), ``fine_tune``, ``gradual_unfreeze``, ``lp_ft`` or ``full``
+            (see :mod:`headstart.training.recipes`).
+        devices, accelerator, precision: passed to Lightning Fabric (e.g. ``devices=2`` for two processes,
+            ``precision="bf16-mixed"`` on a GPU).
     """
 
     task = "segmentation"
@@ -82,6 +86,7 @@ class Segmenter(DenseEstimator):
                  crops_per_image: int | None = None, dice_weight: float = 1.0, dihedral: bool = False,
                  classes: Sequence[str] | None = None, mask_format: str = "auto", ignore_index: int = 255,
                  tta: bool = False, patience: int | None = None, seed: int = 0, val_fraction: float = 0.2,
+                 strategy: str = "auto", devices: int = 1, accelerator: str = "auto", precision: str = "32-true",
                  allow_download: bool = True, progress: bool = True) -> None:
         self.backbone, self.decoder, self.epochs, self.frozen_epochs = backbone, decoder, epochs, frozen_epochs
         self.weights, self.lr, self.encoder_lr_mult, self.batch_size = weights, lr, encoder_lr_mult, batch_size
@@ -89,6 +94,7 @@ class Segmenter(DenseEstimator):
         self.dihedral, self.mask_format = dihedral, mask_format
         self.classes, self.ignore_index, self.tta, self.patience, self.seed = classes, ignore_index, tta, patience, seed
         self.val_fraction, self.allow_download, self.progress = val_fraction, allow_download, progress
+        self.strategy, self.devices, self.accelerator, self.precision = strategy, devices, accelerator, precision
 
     def _validate(self) -> None:
         self._validate_common()
@@ -141,10 +147,7 @@ class Segmenter(DenseEstimator):
             width, height = first.size
         return max(1, math.ceil(width * height / self.crop_size ** 2))
 
-    def _steps_per_epoch(self, splits: Any) -> int:
-        return max(1, math.ceil(len(splits.train) * self._crops_per_image(splits) / self.batch_size))
-
-    def _train_batches(self, splits: Any, epoch: int) -> Iterable[Any]:
+    def _train_dataset(self, splits: Any, epoch: int) -> Any:
         from headstart.data.segmentation import SegmentationDataset
 
         repeats = self._crops_per_image(splits)
@@ -153,8 +156,7 @@ class Segmenter(DenseEstimator):
         dataset = SegmentationDataset(samples, splits.mask_format, len(splits.classes), self._transform(train=True),
                                       seed=self.seed)
         dataset.set_epoch(epoch)
-        order = self._seeded(self.seed, epoch).permutation(len(dataset)).tolist()
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=order, num_workers=0)
+        return dataset
 
     def _loss(self, net: nn.Module, batch: Any) -> torch.Tensor:
         images, masks = batch
@@ -174,17 +176,17 @@ class Segmenter(DenseEstimator):
         return list(self._splits.val.images)
 
     # -- prediction -----------------------------------------------------------------------------------------------
-    def _probabilities(self, image: Image.Image) -> np.ndarray:
+    def _probabilities(self, image: Image.Image, net: nn.Module | None = None) -> np.ndarray:
+        net = (net or self.net_).eval()
         tensor, _ = self._transform(train=False)(image, None, np.random.default_rng(0))
-        batch = tensor.unsqueeze(0)
+        batch = tensor.unsqueeze(0).to(next(net.parameters()).device)
         flips = [(), (3,), (2,), (2, 3)] if self.tta else [()]
         with torch.inference_mode():
-            net = self.net_.eval()
-            total = torch.zeros(())
+            total = torch.zeros((), device=batch.device)
             for dims in flips:  # predict on the flipped image, flip the prediction back
                 probabilities = torch.softmax(net(batch.flip(dims) if dims else batch).float(), dim=1)
                 total = total + (probabilities.flip(dims) if dims else probabilities)
-            return (total / len(flips))[0].numpy()
+            return (total / len(flips))[0].cpu().numpy()
 
     def predict_proba(self, images: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[np.ndarray]:
         """Per-pixel class probabilities, one (classes, height, width) array per image (its own size)."""
@@ -213,7 +215,8 @@ class Segmenter(DenseEstimator):
         return written
 
     # -- measurement ------------------------------------------------------------------------------------------
-    def _measure(self, samples: Any, *, n_bootstrap: int) -> tuple[dict[str, Any], list[Any]]:
+    def _measure(self, samples: Any, *, n_bootstrap: int, net: nn.Module | None = None
+                 ) -> tuple[dict[str, Any], list[Any]]:
         from headstart.data.images import load_image
         from headstart.data.segmentation import read_mask
         from headstart.evaluation.segmentation import (
@@ -225,7 +228,7 @@ class Segmenter(DenseEstimator):
         confusions, predictions = [], []
         pairs = [(i, m) for i, m in zip(samples.images, samples.masks) if m is not None]
         for image_path, mask_path in self._tracked(pairs, f"Scoring {len(pairs)} images"):
-            predicted = self._probabilities(load_image(image_path)).argmax(0)
+            predicted = self._probabilities(load_image(image_path), net).argmax(0)
             truth = read_mask(mask_path, mask_format, num_classes=k)
             confusions.append(confusion_for_image(predicted, truth, num_classes=k, ignore_index=self.ignore_index))
             if len(predictions) < MAX_REPORT_IMAGES:

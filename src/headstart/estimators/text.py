@@ -7,7 +7,7 @@ TextClassifier(backbone='minilm', strategy='lora')
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,8 @@ class TextClassifier(EncoderClassifier):
     Args:
         backbone: ``minilm`` (offline default), a transformers model folder, or a hub id (local cache).
         strategy: ``auto`` (``fine_tune`` from 1,000 training texts, else ``linear_probe``), ``linear_probe``,
-            ``fine_tune`` (all layers, layer-wise learning-rate decay) or ``lora`` (adapters + head only).
+            ``fine_tune`` (all layers, layer-wise learning-rate decay), ``lora`` (adapters + head only), or
+            ``gradual_unfreeze``, ``lp_ft``, ``full`` (see :mod:`headstart.training.recipes`).
         head: ``linear`` or a scikit-learn head on frozen embeddings (``logistic``, ``linear_svm``, ``rbf_svm``,
             ``random_forest``, ``knn``).
         epochs: fine-tuning epochs (default 5). lr: peak learning rate (default 1e-4 fine_tune, 5e-4 lora).
@@ -34,6 +35,8 @@ class TextClassifier(EncoderClassifier):
         layer_decay: each layer's learning rate is this times the next one's (1 = no decay).
         lora_rank: LoRA rank; lora_merge: save the adapters folded into the weights (no peft needed to load).
         text_column, label_column: table columns (detected by name when None).
+        devices, accelerator, precision: passed to Lightning Fabric (e.g. ``devices=2`` for two processes,
+            ``precision="bf16-mixed"`` on a GPU).
         Others as :class:`headstart.ImageClassifier`.
     """
 
@@ -47,6 +50,7 @@ class TextClassifier(EncoderClassifier):
                  weight_decay: float = 0.01, patience: int | None = 2, monitor: str = "val_loss",
                  class_weights: bool = False, seed: int = 0, val_fraction: float = 0.2,
                  text_column: str | None = None, label_column: str | None = None, allow_download: bool = True,
+                 devices: int = 1, accelerator: str = "auto", precision: str = "32-true",
                  cache_dir: str | os.PathLike[str] | None = None, calibrate: bool = True,
                  progress: bool = True) -> None:
         self.backbone, self.strategy, self.head, self.epochs, self.weights = backbone, strategy, head, epochs, weights
@@ -55,6 +59,7 @@ class TextClassifier(EncoderClassifier):
         self.drop_rate, self.label_smoothing, self.weight_decay = drop_rate, label_smoothing, weight_decay
         self.patience, self.monitor, self.class_weights, self.seed = patience, monitor, class_weights, seed
         self.val_fraction, self.text_column, self.label_column = val_fraction, text_column, label_column
+        self.devices, self.accelerator, self.precision = devices, accelerator, precision
         self.allow_download, self.cache_dir, self.calibrate, self.progress = allow_download, cache_dir, calibrate, progress
 
     def _validate(self) -> None:
@@ -95,26 +100,20 @@ class TextClassifier(EncoderClassifier):
     def _digests(self, samples: Any) -> list[bytes]:
         return [text_digest(t) for t in samples.texts]
 
-    def _batches(self, items: list[Any], labels: np.ndarray | None, *, shuffle_seed: int | None,
-                 batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        """Training: batches of similar length (less padding), sorted within shuffled chunks of 50 batches, the
-        batch order shuffled again. Evaluation (``shuffle_seed=None``): batches in the input order."""
-        order = np.arange(len(items))
-        if shuffle_seed is None:
-            batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        else:
-            lengths = np.array([len(t) for t in items])
-            rng = np.random.default_rng(shuffle_seed)
-            order = rng.permutation(len(items))
-            chunk = batch_size * 50
-            order = np.concatenate([c[np.argsort(lengths[c], kind="stable")]
-                                    for c in (order[i:i + chunk] for i in range(0, len(order), chunk))])
-            batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        encoder = self._active_encoder
-        for index in batches:
-            target = torch.from_numpy(labels[index]) if labels is not None else torch.zeros(len(index), dtype=torch.long)
-            yield encoder.tokenize([items[i] for i in index]), target
+    def _training_order(self, items: list[Any], *, epoch: int) -> list[list[int]]:
+        """Batches of similar length (less padding): shuffled, sorted by length within chunks of 50 batches, the
+        batch order shuffled again."""
+        lengths = np.array([len(text) for text in items])
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(items))
+        chunk = self.batch_size * 50
+        order = np.concatenate([c[np.argsort(lengths[c], kind="stable")]
+                                for c in (order[i:i + chunk] for i in range(0, len(order), chunk))])
+        batches = [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _prepare(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        return self._active_encoder.tokenize(list(items))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities for each text, shape (len(texts), len(classes_))."""

@@ -23,7 +23,7 @@ match flags per threshold are kept, and a resample only re-weights images before
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -122,6 +122,99 @@ def _as_arrays(entry: dict[str, Any], index: int, role: str, *, scored: bool
     return boxes, labels, scores
 
 
+class _ClassMatches(NamedTuple):
+    """One class's detections over all images, in score order: what the AP of any image resample needs."""
+
+    flags: np.ndarray  # (thresholds, detections) match flags
+    images: np.ndarray  # (detections,) the image of each detection
+    n_true: np.ndarray  # (images,) true boxes of the class per image
+
+
+def _check_labels(parsed_predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                  parsed_targets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], classes: list[str]) -> None:
+    """Raise ParameterError for the first label, predicted or true, that does not index ``classes``."""
+    n_classes = len(classes)
+    for role, parsed in (("predictions", parsed_predictions), ("targets", parsed_targets)):
+        for index, (_, labels, _) in enumerate(parsed):
+            outside = labels[(labels < 0) | (labels >= n_classes)]
+            if len(outside):
+                raise ParameterError(f"{role}[{index}] has label {int(outside[0])}, outside 0..{n_classes - 1} for "
+                                     f"classes {list(classes)}.",
+                                     fix="Pass the class names the model was trained with.")
+
+
+def _match_per_class(parsed_predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                     parsed_targets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_classes: int
+                     ) -> tuple[list[_ClassMatches], np.ndarray]:
+    """Match every image's detections once, per class; also the number of detections of each class."""
+    n_images = len(parsed_targets)
+    per_class: list[_ClassMatches] = []
+    n_predicted = np.zeros(n_classes, dtype=np.int64)
+    for label in range(n_classes):
+        scores_parts, flags_parts, image_parts = [], [], []
+        n_true = np.zeros(n_images, dtype=np.int64)
+        for image, ((boxes, labels, scores), (true_boxes, true_labels, _)) in enumerate(
+                zip(parsed_predictions, parsed_targets)):
+            mine = labels == label
+            n_predicted[label] += int(mine.sum())
+            truths = true_boxes[true_labels == label]
+            n_true[image] = len(truths)
+            if not mine.any():
+                continue
+            order = np.argsort(-scores[mine], kind="stable")[:MAX_DETECTIONS]
+            scores_parts.append(scores[mine][order])
+            flags_parts.append(_match(boxes[mine][order], truths))
+            image_parts.append(np.full(len(order), image))
+        if scores_parts:
+            all_scores = np.concatenate(scores_parts)
+            order = np.argsort(-all_scores, kind="stable")
+            flags = np.concatenate(flags_parts, axis=1)[:, order]
+            images = np.concatenate(image_parts)[order]
+        else:
+            flags, images = np.zeros((len(IOU_THRESHOLDS), 0), dtype=bool), np.zeros(0, dtype=np.int64)
+        per_class.append(_ClassMatches(flags, images, n_true))
+    return per_class, n_predicted
+
+
+def _class_ap(per_class: Sequence[_ClassMatches], image_weights: np.ndarray) -> np.ndarray:
+    """(classes, thresholds) AP, NaN for classes without true boxes under these image weights."""
+    result = np.full((len(per_class), len(IOU_THRESHOLDS)), np.nan)
+    for label, (flags, images, n_true) in enumerate(per_class):
+        total = float((n_true * image_weights).sum())
+        if total > 0:
+            weights = image_weights[images]
+            kept = weights > 0
+            result[label] = _average_precision(flags[:, kept], weights[kept], total)
+    return result
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    """The mean of the values that are not NaN, or None when all are."""
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def _bootstrap_intervals(per_class: Sequence[_ClassMatches], n_images: int, *, n_bootstrap: int, seed: int
+                         ) -> dict[str, list[float] | None]:
+    """95% percentile intervals of mAP@0.5 and mAP@0.5:0.95 over image resamples (None where no resample had a
+    true box)."""
+    intervals: dict[str, list[float] | None] = {"map_50_ci": None, "map_50_95_ci": None}
+    rng = np.random.default_rng(seed)
+    samples = np.full((n_bootstrap, 2), np.nan)
+    for draw in range(n_bootstrap):
+        weights = np.bincount(rng.integers(0, n_images, size=n_images), minlength=n_images).astype(np.float64)
+        ap = _class_ap(per_class, weights)
+        valid = ~np.isnan(ap[:, 0])
+        if valid.any():
+            samples[draw] = ap[valid, _INDEX_50].mean(), ap[valid].mean()
+    for column, key in enumerate(("map_50_ci", "map_50_95_ci")):
+        values = samples[:, column][~np.isnan(samples[:, column])]
+        if len(values):
+            low, high = np.percentile(values, [2.5, 97.5])
+            intervals[key] = [float(low), float(high)]
+    return intervals
+
+
 def detection_metrics(
     predictions: Sequence[dict[str, Any]],
     targets: Sequence[dict[str, Any]],
@@ -163,82 +256,22 @@ def detection_metrics(
     n_classes, n_images = len(classes), len(targets)
     parsed_predictions = [_as_arrays(entry, i, "predictions", scored=True) for i, entry in enumerate(predictions)]
     parsed_targets = [_as_arrays(entry, i, "targets", scored=False) for i, entry in enumerate(targets)]
-    for role, parsed in (("predictions", parsed_predictions), ("targets", parsed_targets)):
-        for index, (_, labels, _) in enumerate(parsed):
-            outside = labels[(labels < 0) | (labels >= n_classes)]
-            if len(outside):
-                raise ParameterError(f"{role}[{index}] has label {int(outside[0])}, outside 0..{n_classes - 1} for "
-                                     f"classes {list(classes)}.",
-                                     fix="Pass the class names the model was trained with.")
+    _check_labels(parsed_predictions, parsed_targets, classes)
+    per_class, n_predicted = _match_per_class(parsed_predictions, parsed_targets, n_classes)
 
-    # Per class: flags (thresholds, detections) sorted by score over all images, each detection's image, and
-    # the number of true boxes per image.
-    per_class: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    n_predicted = np.zeros(n_classes, dtype=np.int64)
-    for label in range(n_classes):
-        scores_parts, flags_parts, image_parts = [], [], []
-        n_true = np.zeros(n_images, dtype=np.int64)
-        for image, ((boxes, labels, scores), (true_boxes, true_labels, _)) in enumerate(
-                zip(parsed_predictions, parsed_targets)):
-            mine = labels == label
-            n_predicted[label] += int(mine.sum())
-            truths = true_boxes[true_labels == label]
-            n_true[image] = len(truths)
-            if not mine.any():
-                continue
-            order = np.argsort(-scores[mine], kind="stable")[:MAX_DETECTIONS]
-            scores_parts.append(scores[mine][order])
-            flags_parts.append(_match(boxes[mine][order], truths))
-            image_parts.append(np.full(len(order), image))
-        if scores_parts:
-            all_scores = np.concatenate(scores_parts)
-            order = np.argsort(-all_scores, kind="stable")
-            flags = np.concatenate(flags_parts, axis=1)[:, order]
-            images = np.concatenate(image_parts)[order]
-        else:
-            flags, images = np.zeros((len(IOU_THRESHOLDS), 0), dtype=bool), np.zeros(0, dtype=np.int64)
-        per_class.append((flags, images, n_true))
-
-    def class_ap(image_weights: np.ndarray) -> np.ndarray:
-        """(classes, thresholds) AP, NaN for classes without true boxes under these image weights."""
-        result = np.full((n_classes, len(IOU_THRESHOLDS)), np.nan)
-        for label, (flags, images, n_true) in enumerate(per_class):
-            total = float((n_true * image_weights).sum())
-            if total > 0:
-                weights = image_weights[images]
-                kept = weights > 0
-                result[label] = _average_precision(flags[:, kept], weights[kept], total)
-        return result
-
-    def mean_or_none(values: np.ndarray) -> float | None:
-        values = values[~np.isnan(values)]
-        return float(values.mean()) if len(values) else None
-
-    point = class_ap(np.ones(n_images))
-    map_50 = mean_or_none(point[:, _INDEX_50])
-    map_50_95 = mean_or_none(point.mean(axis=1))  # NaN rows (no true boxes) stay NaN and are left out
+    point = _class_ap(per_class, np.ones(n_images))
+    map_50 = _mean_or_none(point[:, _INDEX_50])
+    map_50_95 = _mean_or_none(point.mean(axis=1))  # NaN rows (no true boxes) stay NaN and are left out
 
     intervals: dict[str, list[float] | None] = {"map_50_ci": None, "map_50_95_ci": None}
     if n_bootstrap > 0 and n_images > 0 and map_50 is not None:
-        rng = np.random.default_rng(seed)
-        samples = np.full((n_bootstrap, 2), np.nan)
-        for draw in range(n_bootstrap):
-            weights = np.bincount(rng.integers(0, n_images, size=n_images), minlength=n_images).astype(np.float64)
-            ap = class_ap(weights)
-            valid = ~np.isnan(ap[:, 0])
-            if valid.any():
-                samples[draw] = ap[valid, _INDEX_50].mean(), ap[valid].mean()
-        for column, key in enumerate(("map_50_ci", "map_50_95_ci")):
-            values = samples[:, column][~np.isnan(samples[:, column])]
-            if len(values):
-                low, high = np.percentile(values, [2.5, 97.5])
-                intervals[key] = [float(low), float(high)]
+        intervals = _bootstrap_intervals(per_class, n_images, n_bootstrap=n_bootstrap, seed=seed)
 
-    n_true_per_class = [int(n_true.sum()) for _, _, n_true in per_class]
+    n_true_per_class = [int(matches.n_true.sum()) for matches in per_class]
     return {
         "map_50": map_50,
         "map_50_95": map_50_95,
-        "map_75": mean_or_none(point[:, _INDEX_75]),
+        "map_75": _mean_or_none(point[:, _INDEX_75]),
         **intervals,
         "per_class": [
             {

@@ -4,6 +4,8 @@ from headstart.features.extract import (
     ExtractionReport,
     FeatureExtractor,
     extract_features,
+    frozen_feature_size,
+    frozen_view_features,
     view_names,
 )
 from headstart.features.runtime import (
@@ -24,6 +26,8 @@ __all__ = [
     "ExtractionReport",
     "FeatureExtractor",
     "extract_features",
+    "frozen_feature_size",
+    "frozen_view_features",
     "view_names",
     "RUNTIMES",
     "FeatureEngine",

@@ -180,15 +180,16 @@ class TransformersAudioEncoder(nn.Module):
         self.feature_dim = int(getattr(model.config, "hidden_size", 0) or model.config.d_model)
         self.apply_freezing()
 
-    def apply_freezing(self) -> None:
-        """Re-applied after any unfreezing, so the waveform encoder stays frozen while the rest trains."""
+    def always_frozen(self) -> list[nn.Parameter]:
+        """The convolutional waveform encoder's parameters when it is kept frozen (every training stage)."""
         if not self.freeze_feature_encoder:
-            return
-        for name in ("feature_extractor", "conv1", "conv2"):
-            module = getattr(self.model, name, None)
-            if isinstance(module, nn.Module):
-                for parameter in module.parameters():
-                    parameter.requires_grad_(False)
+            return []
+        modules = [getattr(self.model, name, None) for name in ("feature_extractor", "conv1", "conv2")]
+        return [p for module in modules if isinstance(module, nn.Module) for p in module.parameters()]
+
+    def apply_freezing(self) -> None:
+        for parameter in self.always_frozen():
+            parameter.requires_grad_(False)
 
     def prepare(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
         inputs = self.feature_extractor([w.astype(np.float32) for w in waves], sampling_rate=self.sample_rate,

@@ -6,14 +6,16 @@ import torch
 from timm.models import group_parameters
 from torch import nn
 
+from headstart.models.transfer import TransferMixin
+
 __all__ = ["ClassifierNet", "layer_groups", "N_BACKBONE_GROUPS"]
 
 # Number of backbone layer groups that get their own learning rate when the backbone is unfrozen.
 N_BACKBONE_GROUPS = 3
 
 
-class ClassifierNet(nn.Module):
-    """A timm model with a new head, that can run with its backbone frozen.
+class ClassifierNet(TransferMixin, nn.Module):
+    """A timm model with a new head, that can run with its backbone frozen (:meth:`set_trainable`).
 
     When frozen, the backbone runs under ``no_grad`` and stays in eval mode (its BatchNorm statistics do not
     move); only the classifier trains. ``forward_features`` / ``forward_head`` are timm's head API.
@@ -22,8 +24,6 @@ class ClassifierNet(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.backbone_frozen = False
-        self.batchnorm_frozen = False
         # timm's initialisations scale the classifier by 1/sqrt(num_classes) (EfficientNet: std 0.41 for two
         # classes), which starts a new head with confident random logits. A small init starts it near uniform.
         for module in model.get_classifier().modules():
@@ -31,33 +31,15 @@ class ClassifierNet(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.01)
                 nn.init.zeros_(module.bias)
 
-    def freeze_backbone(self, frozen: bool, *, freeze_batchnorm: bool = False,
-                        trainable_groups: int | None = None) -> None:
-        """Freeze the whole backbone, or (``trainable_groups=k``) all but its last ``k`` layer groups."""
-        self.backbone_frozen = frozen
-        self.batchnorm_frozen = freeze_batchnorm
-        trainable = {id(p) for p in self.model.get_classifier().parameters()}
-        if not frozen:
-            groups, _ = layer_groups(self.model)
-            chosen = groups if trainable_groups is None else groups[len(groups) - trainable_groups:]
-            trainable |= {id(p) for group in chosen for p in group}
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(id(parameter) in trainable)
-        self.train(self.training)
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The backbone's parameters in :data:`N_BACKBONE_GROUPS` groups, earliest first (timm's group matcher)."""
+        return layer_groups(self.model)[0]
 
-    def train(self, mode: bool = True) -> "ClassifierNet":
-        super().train(mode)
-        if self.backbone_frozen:
-            classifier = set(self.model.get_classifier().modules())
-            for module in self.model.modules():
-                # The root keeps its flag so head dropout (which reads the root's .training) still works.
-                if module is not self.model and module not in classifier:
-                    module.training = False
-        elif self.batchnorm_frozen:
-            for module in self.model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.training = False
-        return self
+    def pretrained_modules(self) -> list[nn.Module]:
+        """Every module of the timm model but its root and its classifier: the root keeps its training flag so
+        head dropout (which reads the root's ``.training``) still works with a frozen backbone."""
+        classifier = set(self.model.get_classifier().modules())
+        return [m for m in self.model.modules() if m is not self.model and m not in classifier]
 
     @torch.no_grad()
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -16,13 +16,14 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection import FasterRCNN
 
 from headstart.errors import ParameterError
+from headstart.models.transfer import TransferMixin
 
-__all__ = ["DENSE_TASKS", "MultiScaleEncoder", "SegmentationNet", "PyramidBackbone", "build_detector",
-           "build_dense_net", "DECODERS", "freeze_batchnorm"]
+__all__ = ["MultiScaleEncoder", "SegmentationNet", "PyramidBackbone", "build_detector",
+           "build_dense_net", "rebuild_dense_net", "DECODERS", "DetectionNet"]
 
-DENSE_TASKS = ("segmentation", "detection")
 DECODERS = ("unet", "fpn")
 UNET_CHANNELS = (128, 64, 48, 32, 16)  # decoder widths from stride 16 up to stride 1 (light for CPUs)
 FPN_CHANNELS = 128
@@ -51,16 +52,6 @@ class MultiScaleEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return list(self.model.forward_intermediates(images, indices=list(self.indices), intermediates_only=True))
-
-
-def freeze_batchnorm(module: nn.Module) -> None:
-    """Keep a module's BatchNorm layers on their stored statistics (eval mode, no running-stat updates).
-
-    Fine-tuning on a few images in batches of 2-8 would otherwise replace ImageNet statistics by noisy ones.
-    """
-    for child in module.modules():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            child.eval()
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -137,7 +128,7 @@ class FPNDecoder(nn.Module):
         return self.fuse(total)
 
 
-class SegmentationNet(nn.Module):
+class SegmentationNet(TransferMixin, nn.Module):
     """Encoder + decoder + a 3x3 classifier giving per-pixel class logits at the input resolution.
 
     Inputs of any size work: they are padded to a multiple of the encoder's largest stride and the logits
@@ -163,6 +154,13 @@ class SegmentationNet(nn.Module):
         if logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :height, :width]
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The pretrained encoder as one group: it learns at ``lr_mult`` x the decoder's rate once unfrozen."""
+        return [list(self.encoder.parameters())]
+
+    def pretrained_modules(self) -> list[nn.Module]:
+        return list(self.encoder.modules())
 
 
 class PyramidBackbone(nn.Module):
@@ -191,6 +189,23 @@ class PyramidBackbone(nn.Module):
         return self.fpn(OrderedDict((str(n), features[i]) for n, i in enumerate(self.keep)))
 
 
+class DetectionNet(TransferMixin, FasterRCNN):
+    """torchvision's Faster R-CNN whose backbone's encoder is the pretrained part (same modules and weight names
+    as :class:`FasterRCNN`, so saved detectors load either way)."""
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
+        if targets is not None:
+            # mixed precision casts every float input to bf16/fp16, the boxes too; torchvision's heads need float32
+            targets = [{**target, "boxes": target["boxes"].float()} for target in targets]
+        return super().forward(images, targets)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        return [list(self.backbone.encoder.parameters())]
+
+    def pretrained_modules(self) -> list[nn.Module]:
+        return list(self.backbone.encoder.modules())
+
+
 def build_detector(encoder: MultiScaleEncoder, num_classes: int, *, min_size: int, max_size: int,
                    mean: tuple[float, ...], std: tuple[float, ...], anchor_sizes: tuple[int, ...] | None = None,
                    train_sizes: tuple[int, ...] = (), min_stride: int = 8, box_detections_per_img: int = 100,
@@ -202,7 +217,6 @@ def build_detector(encoder: MultiScaleEncoder, num_classes: int, *, min_size: in
     ``train_sizes``: in training each batch's short side is drawn from these and ``min_size`` (multi-scale
     training: the boxes are resized with the image); evaluation always uses ``min_size``.
     """
-    from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
@@ -216,7 +230,7 @@ def build_detector(encoder: MultiScaleEncoder, num_classes: int, *, min_size: in
     pool = MultiScaleRoIAlign(featmap_names=[str(n) for n in range(levels - 1)], output_size=7, sampling_ratio=2)
     # Fewer proposals and sampled RoIs than torchvision's COCO defaults (2000 / 512): small datasets have tens
     # of objects per image, and on a CPU the RoI head's cost grows with them.
-    return FasterRCNN(backbone, num_classes=num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=pool,
+    return DetectionNet(backbone, num_classes=num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=pool,
                       min_size=(*[s for s in train_sizes if s != min_size], min_size),  # eval: the last one
                       max_size=max_size, image_mean=list(mean), image_std=list(std),
                       rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500, rpn_pre_nms_top_n_test=500,
@@ -246,4 +260,9 @@ def build_dense_net(config: dict[str, Any], encoder_model: nn.Module | None = No
                               min_stride=int(dense.get("min_stride", 8)),
                               train_sizes=tuple(int(v) for v in dense.get("train_sizes", ())),
                               box_score_thresh=float(dense.get("box_score_thresh", 0.01)))
-    raise ParameterError(f"Unknown dense task {config['task']!r}.", fix=f"Use one of {list(DENSE_TASKS)}.")
+    raise ParameterError(f"Unknown dense task {config['task']!r}.", fix="Use segmentation or detection.")
+
+
+def rebuild_dense_net(config: dict[str, Any], files: Any = None) -> nn.Module:
+    """A saved segmenter's or detector's network (random weights) from its bundle config alone."""
+    return build_dense_net(config)

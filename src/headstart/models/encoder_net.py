@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from headstart.errors import ParameterError
+from headstart.models.transfer import TransferMixin
 
 __all__ = ["EncoderNet", "apply_lora", "merge_lora", "build_encoder_net"]
 
 
-class EncoderNet(nn.Module):
+class EncoderNet(TransferMixin, nn.Module):
     """Encoder -> dropout -> linear head; ``forward(batch)`` gives logits."""
 
     def __init__(self, encoder: nn.Module, n_classes: int, *, drop_rate: float = 0.1) -> None:
@@ -35,23 +36,30 @@ class EncoderNet(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.dropout(self.encoder(batch)))
 
-    def train(self, mode: bool = True) -> "EncoderNet":
-        """Train mode, except that an encoder asking to keep its normalisation statistics keeps its BatchNorm
-        layers in eval mode: the head was solved on features computed with those statistics, and batch statistics
-        of inputs far from the pretraining data (spectrograms into an ImageNet CNN) would change every feature at
-        the first step and wreck the solved head (LP-FT, Kumar et al. 2022)."""
-        super().train(mode)
-        if mode and getattr(self.encoder, "keep_norm_statistics", False):
-            for module in self.encoder.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
+    @property
+    def keep_norm_statistics(self) -> bool:  # type: ignore[override]
+        """An encoder may ask to keep its BatchNorm statistics in every stage: the head was solved on features
+        computed with them, and batch statistics of inputs far from the pretraining data (spectrograms into an
+        ImageNet CNN) would change every feature at the first step and wreck the solved head (LP-FT, Kumar et al.
+        2022)."""
+        return bool(getattr(self.encoder, "keep_norm_statistics", False))
 
-    def freeze_encoder(self, frozen: bool) -> None:
-        for parameter in self.encoder.parameters():
-            parameter.requires_grad_(not frozen)
-        if not frozen and hasattr(self.encoder, "apply_freezing"):
-            self.encoder.apply_freezing()
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The encoder's parameters from input to output (embeddings, one group per layer, the rest)."""
+        if hasattr(self.encoder, "layer_groups"):
+            return self.encoder.layer_groups()
+        return [list(self.encoder.parameters())]
+
+    def pretrained_modules(self) -> list[nn.Module]:
+        return list(self.encoder.modules())
+
+    def always_frozen(self) -> set[int]:
+        """A transformers audio model's waveform encoder (when kept frozen) and, under LoRA, every base weight."""
+        frozen = {id(p) for p in self.encoder.always_frozen()} if hasattr(self.encoder, "always_frozen") else set()
+        model = getattr(self.encoder, "model", None)
+        if model is not None and hasattr(model, "peft_config"):
+            frozen |= {id(p) for name, p in model.named_parameters() if "lora_" not in name}
+        return frozen
 
 
 def _lora_targets(model: nn.Module) -> Any:
@@ -75,7 +83,7 @@ def apply_lora(net: EncoderNet, *, rank: int = 8, alpha: int = 16, dropout: floa
         raise ParameterError("LoRA needs a transformers encoder (a text backbone or a transformers audio model).",
                              fix="Use strategy='fine_tune' for logmel:<image backbone> audio encoders.")
     settings = {"r": rank, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": _lora_targets(inner)}
-    net.freeze_encoder(True)
+    net.set_trainable(freeze_backbone=True)
     net.encoder.model = get_peft_model(inner, LoraConfig(**settings))
     return settings
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["HEADS", "SKLEARN_HEADS", "HEAD_FILE_TYPES", "FeatureMLP", "set_classifier", "save_sklearn_head",
-           "load_sklearn_head", "plain_value"]
+__all__ = ["HEADS", "SKLEARN_HEADS", "HEAD_FILE_TYPES", "FeatureMLP", "set_classifier", "rebuild_image_classifier",
+           "save_sklearn_head", "load_sklearn_head", "plain_value"]
 
 class FeatureMLP(nn.Module):
     """A classifier on pooled features with a bottleneck: standardise -> Linear -> BatchNorm -> ReLU -> Dropout ->
@@ -63,6 +63,22 @@ def set_classifier(model: nn.Module, head: nn.Module) -> nn.Module:
             f"The {type(model).__name__} backbone has no single classifier layer to replace (timm names"
             f" {name!r}), so a new head cannot be attached to it.",
             fix="Choose a backbone with one classifier (e.g. efficientnet_lite0, resnet50, convnext_tiny).")
+    return model
+
+
+def rebuild_image_classifier(config: dict[str, Any], files: Any = None) -> nn.Module:
+    """The timm model an image-classifier bundle describes (random weights), with its head: linear, the
+    :class:`FeatureMLP` of domain adaptation, or none (a scikit-learn head reads the pooled features)."""
+    import timm
+
+    head = config.get("head") or {"kind": "linear"}
+    num_classes = int(head.get("backbone_classes", len(config["classes"])))
+    model = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes)
+    if head.get("kind") == "mlp":
+        # the pooled width (timm's head_hidden_size) differs from num_features for e.g. MobileNetV3, VGG
+        in_features = int(head.get("in_features", model.num_features))
+        model = set_classifier(model, FeatureMLP(in_features, len(config["classes"]), hidden=int(head["hidden"]),
+                                                 dropout=float(head.get("dropout", 0.5))))
     return model
 
 

@@ -36,6 +36,11 @@ __all__ = [
     "register_backbone",
     "get_backbone_spec",
     "list_backbones",
+    "TextBackboneSpec",
+    "register_text_backbone",
+    "get_text_backbone_spec",
+    "MODALITIES",
+    "AUDIO_PREFIX",
     "resolve_weights",
     "create_backbone",
     "count_parameters",
@@ -103,12 +108,56 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-def list_backbones() -> list[str]:
-    """Names of the registered backbones, in registration order.
+@dataclass(frozen=True)
+class TextBackboneSpec:
+    """One registered text encoder: the installed package that ships its transformers folder.
 
-    >>> "efficientnet_lite0" in list_backbones()
-    True
+    Args:
+        name: the name users type (``minilm``).
+        package: the Python package (importable name) holding the model folder.
+        folder: the folder inside the package (``config.json``, weights, tokenizer).
+        description: what it is, for listings and messages.
     """
+
+    name: str
+    package: str
+    folder: str
+    description: str
+
+
+_TEXT_REGISTRY: dict[str, TextBackboneSpec] = {}
+MODALITIES = ("image", "text", "audio")
+# An audio backbone is a log-mel spectrogram drawn as a picture into a registered image backbone.
+AUDIO_PREFIX = "logmel:"
+
+
+def register_text_backbone(spec: TextBackboneSpec) -> TextBackboneSpec:
+    """Add a text encoder to the registry (names are unique among image and text backbones) and return it."""
+    if spec.name in _TEXT_REGISTRY or spec.name in _REGISTRY:
+        raise ParameterError(f"A backbone named {spec.name!r} is already registered.", fix="Register it under another name.")
+    _TEXT_REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_text_backbone_spec(name: str) -> TextBackboneSpec | None:
+    """The registered text encoder called ``name``, or None (then ``name`` may be a folder or a hub id)."""
+    return _TEXT_REGISTRY.get(name)
+
+
+def list_backbones(modality: str = "image") -> list[str]:
+    """Names of the registered backbones of one modality (the one name registry for every input kind), in
+    registration order: image CNNs and transformers, text encoders, and the audio backbones built on the image ones.
+
+    >>> "efficientnet_lite0" in list_backbones(), list_backbones("text"), list_backbones("audio")[0]
+    (True, ['minilm'], 'logmel:efficientnet_lite0')
+    """
+    if modality not in MODALITIES:
+        raise ParameterError(f"The modality must be one of {MODALITIES}. Got {modality!r}.",
+                             fix="Use image, text or audio.")
+    if modality == "text":
+        return list(_TEXT_REGISTRY)
+    if modality == "audio":
+        return [AUDIO_PREFIX + name for name in _REGISTRY]
     return list(_REGISTRY)
 
 

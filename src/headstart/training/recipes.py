@@ -1,22 +1,23 @@
 """Training recipes: which layers train in which stage, for how many epochs, at what learning rate.
 
+One vocabulary for every task (image, text and audio classification, segmentation, detection). A strategy is
+a list of :class:`Stage` objects, planned in one place (:func:`plan_stages`):
 
-A strategy is a list of :class:`Stage` objects. Each one is defined in one place below:
+- ``linear_probe``: the pretrained part stays frozen (BatchNorm statistics included); only the new part learns.
+  For classification the linear head is solved to convergence on cached frozen features in one step; dense
+  tasks train their decoder for the given epochs.
+- ``fine_tune``: fastai's recipe. The new part first with the pretrained part frozen, then everything, earlier
+  layer groups learning more slowly (discriminative learning rates).
+- ``gradual_unfreeze``: ULMFiT's gradual unfreezing. The head first, then the last layer groups, one epoch per
+  step, then everything.
+- ``lp_ft``: Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features": the head first (LP), then the
+  whole network (FT) with one small learning rate and BatchNorm statistics kept, so the pretrained features
+  move as little as the task needs.
+- ``full``: everything from the start with one learning rate (the default for random weights).
+- ``lora``: text and audio transformers: the head first, then only low-rank adapters (peft) and the head.
 
-- ``linear_probe``: the backbone stays frozen (BatchNorm statistics included); only a new linear head learns.
-- ``fine_tune``: fastai's recipe. Train the new head with the backbone frozen, then unfreeze everything and
-  train on with lower learning rates for earlier layer groups (discriminative learning rates).
-- ``gradual_unfreeze``: ULMFiT's gradual unfreezing. The head first, then the last backbone layer group, then
-  the last two, ... one epoch each, then everything; earlier groups learn more slowly (discriminative rates).
-- ``lp_ft``: Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features": the linear head is trained to
-  convergence on cached frozen features (LP), then the whole network is fine-tuned (FT) with one small learning
-  rate and BatchNorm statistics kept, so the backbone's features are moved as little as the task needs.
-- ``full``: train every layer from the start with one learning rate.
-
-Discriminative learning rates: the group ``d`` groups below the head learns at ``lr * lr_mult ** d``
-(``lr_mult`` = 1 gives one rate for all).
-
-
+Discriminative learning rates: pretrained group ``d`` groups below the new part learns at ``lr * lr_mult ** d``.
+What a task's ``lr`` means and its defaults are its :class:`Recipe`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ from typing import Any
 from headstart.errors import ParameterError, check_choice
 from headstart.models.classifier_net import N_BACKBONE_GROUPS
 
-__all__ = ["STRATEGIES", "Stage", "plan_stages", "choose_strategy", "default_epochs"]
+__all__ = ["STRATEGIES", "NON_LORA_STRATEGIES", "Stage", "Recipe", "IMAGE_RECIPE", "FINE_TUNE_MIN_EXAMPLES",
+           "plan_stages", "choose_strategy", "default_epochs"]
 
-STRATEGIES = ("linear_probe", "fine_tune", "gradual_unfreeze", "lp_ft", "full")
+STRATEGIES = ("linear_probe", "fine_tune", "gradual_unfreeze", "lp_ft", "full", "lora")
+# lora needs a transformers model (text, transformers audio); everything else works for every network
+NON_LORA_STRATEGIES = STRATEGIES[:-1]
+# Below this many training examples the solved linear head is the default: fine-tuning rarely beat it in our
+# measurements (docs/benchmarks.md) at a fraction of the cost, and it cannot overfit the backbone.
+FINE_TUNE_MIN_EXAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -37,107 +44,131 @@ class Stage:
     """One phase of training.
 
     Args:
-        name: ``head`` (backbone frozen) or ``all`` (everything trains).
+        name: ``head`` (pretrained part frozen), ``top-k`` (its last k layer groups train), ``all`` or ``lora``.
         epochs: epochs in this stage.
-        freeze_backbone: keep every backbone weight and BatchNorm statistic fixed.
-        lr: peak learning rate of the head.
-        lr_ratio: the earliest backbone group's learning rate divided by ``lr``; groups in between are spaced
-            geometrically (1.0 = one learning rate for all).
-        freeze_batchnorm: keep BatchNorm layers in eval mode (their statistics fixed) even when the backbone
-            trains: with a few hundred images, batch statistics of 32 images are noisier than ImageNet's.
-        trainable_groups: when the backbone is not frozen, how many of its last layer groups train (``None``:
-            all of them); the earlier groups stay frozen (gradual unfreezing).
+        lr: peak learning rate of the new part (head, decoder).
+        freeze_backbone: keep every pretrained weight and BatchNorm statistic fixed.
+        lr_mult: each pretrained layer group learns ``lr_mult`` times as fast as the group after it.
+        freeze_batchnorm: keep the pretrained BatchNorm layers on their statistics while they train.
+        trainable_groups: when not frozen, how many of the last layer groups train (``None``: all).
+        solve: a frozen-backbone stage whose linear head is solved on cached features in one step.
     """
 
     name: str
     epochs: int
-    freeze_backbone: bool
     lr: float
-    lr_ratio: float = 1.0
+    freeze_backbone: bool = False
+    lr_mult: float = 1.0
     freeze_batchnorm: bool = False
     trainable_groups: int | None = None
+    solve: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, head_epochs: int = 1,
-                lr_mult: float | None = None) -> list[Stage]:
+@dataclass(frozen=True)
+class Recipe:
+    """What a task's ``lr`` means and its learning-rate defaults.
+
+    Args:
+        default_lr: ``lr`` when none is given: the new part's peak rate in frozen stages.
+        tune_share: stages that move the pretrained part run at ``lr * tune_share``.
+        lr_mult: the per-group multiplier of ``fine_tune``, ``gradual_unfreeze`` and ``lora``.
+        solve_head: frozen head stages are solved on cached features (classification) rather than trained.
+    """
+
+    default_lr: float
+    tune_share: float = 1.0
+    lr_mult: float = 1.0
+    solve_head: bool = True
+
+
+# Images: the backbone stages run at lr / 4 and the earliest of three layer groups 20x slower than the head
+# (fastai's fine_tune: freeze_epochs=1, then slice(lr/100, lr) with its one-cycle schedule).
+IMAGE_RECIPE = Recipe(default_lr=2e-3, tune_share=0.25, lr_mult=(1 / 20) ** (1 / N_BACKBONE_GROUPS))
+
+
+def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, lr_mult: float | None = None,
+                head_epochs: int = 1, recipe: Recipe = IMAGE_RECIPE, n_groups: int = N_BACKBONE_GROUPS,
+                owner: str = "ImageClassifier") -> list[Stage]:
     """The stages of ``strategy``.
 
     Args:
         strategy: one of :data:`STRATEGIES`.
-        epochs: epochs of the strategy's main stage: the head for ``linear_probe``, the unfrozen network for
-            ``fine_tune`` and ``full``.
-        lr: the head's peak learning rate; each strategy has its own default.
-        head_epochs: ``fine_tune`` only: epochs of the frozen head stage before unfreezing (fastai's
-            ``freeze_epochs``). When the training loop caches frozen features, a frozen head stage is solved
-            to convergence in one step instead.
-        lr_mult: per-group learning-rate multiplier for unfrozen stages (group ``d`` below the head learns at
-            ``lr * lr_mult ** d``); default: each strategy's own (fine_tune: 1/20 from head to earliest group).
+        epochs: epochs of the main stage: the unfrozen network for ``fine_tune``, ``full``, ``lp_ft`` and
+            ``lora``, the frozen one for ``linear_probe`` (1 when the head is solved).
+        lr: the task's learning rate (``recipe.default_lr`` when None).
+        lr_mult: per-group multiplier in (0, 1]; default: the recipe's for discriminative strategies, 1 for
+            ``full`` and ``lp_ft``.
+        head_epochs: epochs of a frozen head stage that is trained rather than solved.
+        recipe: the task's learning-rate rules.
+        n_groups: the network's pretrained layer groups (``gradual_unfreeze`` opens them in steps).
 
     >>> [(s.name, s.epochs, s.freeze_backbone) for s in plan_stages("fine_tune", 6)]
     [('head', 1, True), ('all', 6, False)]
     >>> [(s.name, s.trainable_groups) for s in plan_stages("gradual_unfreeze", 3)]
     [('head', None), ('top-1', 1), ('top-2', 2), ('all', None)]
     """
-    check_choice("ImageClassifier", "strategy", strategy, STRATEGIES)
+    check_choice(owner, "strategy", strategy, STRATEGIES)
     if epochs < 1 or head_epochs < 1:
         name, value = ("epochs", epochs) if epochs < 1 else ("head_epochs", head_epochs)
-        raise ParameterError(
-            f"The '{name}' parameter must be at least 1 for strategy {strategy!r}. Got {value}.",
-            fix=f"Pass a positive {name}, or leave it unset to let headstart choose.",
-        )
+        raise ParameterError(f"The '{name}' parameter must be at least 1 for strategy {strategy!r}. Got {value}.",
+                             fix=f"Pass a positive {name}, or leave it unset to let headstart choose.")
     if lr_mult is not None and not 0 < lr_mult <= 1:
         raise ParameterError(f"The 'lr_mult' parameter must be in (0, 1]. Got {lr_mult!r}.",
                              fix="Pass e.g. 0.3 (each earlier layer group learns 0.3x as fast), or 1 for one rate.")
-
-    def ratio(default: float) -> float:  # earliest group's lr / head lr
-        return default if lr_mult is None else lr_mult ** N_BACKBONE_GROUPS
-
+    head_lr = lr if lr is not None else recipe.default_lr
+    tune_lr = head_lr * recipe.tune_share
+    discriminative = recipe.lr_mult if lr_mult is None else lr_mult
+    uniform = 1.0 if lr_mult is None else lr_mult
+    solve = recipe.solve_head
+    head = Stage("head", 1 if solve else head_epochs, head_lr, freeze_backbone=True, solve=solve)
     if strategy == "linear_probe":
-        return [Stage("head", epochs, freeze_backbone=True, lr=lr or 3e-3)]
+        return [Stage("head", 1 if solve else epochs, head_lr, freeze_backbone=True, solve=solve)]
     if strategy == "full":
-        return [Stage("all", epochs, freeze_backbone=False, lr=lr or 5e-4, lr_ratio=ratio(1.0))]
-    head_lr = lr or 2e-3
-    head = Stage("head", head_epochs, freeze_backbone=True, lr=head_lr)
+        return [Stage("all", epochs, tune_lr, lr_mult=uniform)]
     if strategy == "lp_ft":
-        # one small rate for everything (FT of LP-FT), BatchNorm statistics kept from pretraining
-        return [head, Stage("all", epochs, freeze_backbone=False, lr=head_lr / 20, lr_ratio=ratio(1.0),
-                            freeze_batchnorm=True)]
+        return [head, Stage("all", epochs, tune_lr / 5, lr_mult=uniform, freeze_batchnorm=True)]
+    if strategy == "lora":
+        return [head, Stage("lora", epochs, tune_lr, lr_mult=discriminative)]
     if strategy == "gradual_unfreeze":
-        # one epoch per newly unfrozen group (ULMFiT), BatchNorm of still-frozen groups untouched
-        partial = [Stage(f"top-{k}", 1, freeze_backbone=False, lr=head_lr / 4, lr_ratio=ratio(1 / 20),
-                         freeze_batchnorm=True, trainable_groups=k) for k in range(1, N_BACKBONE_GROUPS)]
-        return [head, *partial, Stage("all", epochs, freeze_backbone=False, lr=head_lr / 4, lr_ratio=ratio(1 / 20))]
-    # fine_tune: the head first, then everything, with the earliest layers learning 20x more slowly than the
-    # head (fastai's fine_tune: freeze_epochs=1, then slice(lr/100, lr) with its one-cycle schedule).
-    return [head, Stage("all", epochs, freeze_backbone=False, lr=head_lr / 4, lr_ratio=ratio(1 / 20))]
+        # one epoch per newly opened step (ULMFiT), BatchNorm of the still-partial network untouched
+        steps = sorted({max(1, round(n_groups * j / 3)) for j in (1, 2)} - {n_groups})
+        partial = [Stage(f"top-{k}", 1, tune_lr, lr_mult=discriminative, freeze_batchnorm=True, trainable_groups=k)
+                   for k in steps]
+        return [head, *partial, Stage("all", epochs, tune_lr, lr_mult=discriminative)]
+    return [head, Stage("all", epochs, tune_lr, lr_mult=discriminative)]
 
 
-def choose_strategy(n_train: int) -> tuple[str, str]:
-    """Default strategy for ``n_train`` training images, and the reason, for printing.
+def choose_strategy(n_train: int, *, task: str = "image", pretrained: bool = True,
+                    head: str = "linear") -> tuple[str, str]:
+    """The ``auto`` strategy for a task and training-set size, and the reason, for printing (the one rule).
 
-    Below 1,000 images a linear probe on frozen features (solved exactly, penalty chosen by cross-validation)
-    was as accurate as fine-tuning in our measurements (docs/benchmarks.md) at a fraction of the cost, and it
-    cannot overfit the backbone; above that, fine-tuning has the data to move the backbone.
-
-    >>> choose_strategy(245)[0], choose_strategy(5000)[0]
-    ('linear_probe', 'fine_tune')
+    >>> choose_strategy(245)[0], choose_strategy(5000)[0], choose_strategy(20, task="segmentation")[0]
+    ('linear_probe', 'fine_tune', 'fine_tune')
     """
-    if n_train < 1000:
-        return "linear_probe", f"{n_train} training images (<1000): frozen backbone, linear head on cached features"
-    return "fine_tune", f"{n_train} training images (>=1000): head first, then the whole network"
+    noun = "images" if task in ("image", "segmentation", "detection") else "examples"
+    if head != "linear":
+        return "linear_probe", f"the {head} head works on frozen features"
+    if task in ("segmentation", "detection"):  # a new decoder must learn; a linear probe is not an option
+        if not pretrained:
+            return "full", "random weights: every layer trains from the start"
+        return "fine_tune", "a new decoder first on the frozen backbone, then the whole network"
+    if n_train < FINE_TUNE_MIN_EXAMPLES:
+        return "linear_probe", (f"{n_train} training {noun} (<{FINE_TUNE_MIN_EXAMPLES}): frozen backbone, linear"
+                                " head on cached features")
+    return "fine_tune", f"{n_train} training {noun} (>={FINE_TUNE_MIN_EXAMPLES}): head first, then the whole network"
 
 
 def default_epochs(strategy: str, n_train: int) -> int:
-    """Epochs of the main stage when none are given: fewer for larger datasets (more steps per epoch).
+    """Image classification: epochs of the main stage when none are given, fewer for larger datasets.
 
     >>> default_epochs("fine_tune", 500), default_epochs("fine_tune", 20000)
     (8, 4)
     """
     if strategy == "linear_probe":
-        return 1  # fit() caches frozen features and solves the head in one step
+        return 1  # the head is solved on cached features in one step
     if n_train <= 1000:
         return 8
     return 6 if n_train <= 5000 else 4

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from headstart.data.images import SkippedFile
+from headstart.data.images import Splits
 from headstart.data.text import sort_class_names
 from headstart.errors import DataError, ParameterError
 
@@ -72,30 +73,15 @@ class AudioSamples:
 
 
 @dataclass
-class AudioSplits:
-    """Train / validation / optional test samples, every skipped file, how the split was made, and notes."""
+class AudioSplits(Splits):
+    """Train / validation / optional test clips, every skipped file, how the split was made, and notes."""
 
     train: AudioSamples
     val: AudioSamples
     test: AudioSamples | None = None
-    skipped: list[SkippedFile] = field(default_factory=list)
-    split: str = "given"
-    notes: list[str] = field(default_factory=list)
 
-    @property
-    def classes(self) -> list[str]:
-        return self.train.classes
-
-    def summary(self) -> dict[str, object]:
-        parts = {"train": self.train, "val": self.val, "test": self.test}
-        return {
-            "classes": self.classes, "split": self.split,
-            **{name: None if part is None else part.class_counts() for name, part in parts.items()},
-            "seconds": {name: round(float(sum(part.durations)), 2) for name, part in parts.items()
-                        if part is not None and part.durations is not None},
-            "groups": {name: len(set(part.groups)) for name, part in parts.items()
-                       if part is not None and part.groups is not None},
-            "skipped_count": len(self.skipped),
-            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
-            "notes": list(self.notes),
-        }
+    def _summary_extra(self, parts: dict[str, Any]) -> dict[str, object]:
+        return {"seconds": {name: round(float(sum(part.durations)), 2) for name, part in parts.items()
+                            if part is not None and part.durations is not None},
+                "groups": {name: len(set(part.groups)) for name, part in parts.items()
+                           if part is not None and part.groups is not None}}

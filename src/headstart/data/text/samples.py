@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-from headstart.data.images import SkippedFile
+from headstart.data.images import Splits
 from headstart.errors import DataError, ParameterError
 
 __all__ = ["TextSamples", "TextSplits", "sort_class_names"]
@@ -72,31 +73,15 @@ class TextSamples:
 
 
 @dataclass
-class TextSplits:
+class TextSplits(Splits):
     """Train / validation / optional test texts, every skipped row, how the split was made, and notes."""
 
     train: TextSamples
     val: TextSamples
     test: TextSamples | None = None
-    skipped: list[SkippedFile] = field(default_factory=list)
-    split: str = "given"
-    notes: list[str] = field(default_factory=list)
 
-    @property
-    def classes(self) -> list[str]:
-        return self.train.classes
-
-    def summary(self) -> dict[str, object]:
-        """A JSON-serialisable account of the splits: sizes and counts per class, the split, skipped rows, notes."""
-        parts = {"train": self.train, "val": self.val, "test": self.test}
-        return {
-            "classes": list(self.classes), "split": self.split,
-            "sizes": {role: None if part is None else len(part) for role, part in parts.items()},
-            **{role: None if part is None else part.class_counts() for role, part in parts.items()},
-            "skipped_count": len(self.skipped),
-            "skipped": [{"path": item.path, "reason": item.reason} for item in self.skipped],
-            "notes": list(self.notes),
-        }
+    def _summary_extra(self, parts: dict[str, Any]) -> dict[str, object]:
+        return {"sizes": {role: None if part is None else len(part) for role, part in parts.items()}}
 
 
 def sort_class_names(names: Iterable[str]) -> list[str]:

@@ -1,0 +1,90 @@
+"""What every classification task (image, text, audio) gives the training loop: the loss step, the validation
+scores, and the head solved on frozen features.
+
+The loop itself knows nothing about classes; these hooks are shared so the three classifiers train, score and
+record their solved head the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headstart.evaluation.metrics import log_loss
+from headstart.training.heads import fit_linear_head
+from headstart.training.loop import StepOutput, Validation
+
+__all__ = ["inverse_frequency_weights", "classification_step", "classification_scores", "solve_linear_head",
+           "head_record"]
+
+
+def inverse_frequency_weights(class_counts: Sequence[int]) -> torch.Tensor:
+    """Per-class loss weights ``n / (k * n_c)``: every class weighs as much as in a balanced set.
+
+    >>> [round(w, 4) for w in inverse_frequency_weights([30, 10]).tolist()]
+    [0.6667, 2.0]
+    """
+    counts = torch.tensor(list(class_counts), dtype=torch.float32).clamp(min=1)
+    return counts.sum() / (len(counts) * counts)
+
+
+def classification_step(module: nn.Module, inputs: Any, labels: torch.Tensor, *, class_weight: torch.Tensor | None,
+                        label_smoothing: float) -> StepOutput:
+    """Cross entropy (class weights, label smoothing) of ``module(inputs)``, with the number of right answers."""
+    logits = module(inputs)
+    weight = None if class_weight is None else class_weight.to(logits.device)
+    loss = F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing)
+    return StepOutput(loss=loss, size=len(labels), correct=(logits.detach().argmax(1) == labels).sum())
+
+
+def classification_scores(probabilities: np.ndarray, labels: np.ndarray, *, prefix: str = "val") -> dict[str, float]:
+    """Log loss and accuracy of predicted ``probabilities``, under ``{prefix}_loss`` / ``{prefix}_accuracy``."""
+    labels = np.asarray(labels)
+    return {f"{prefix}_loss": log_loss(probabilities, labels),
+            f"{prefix}_accuracy": float((probabilities.argmax(1) == labels).mean()) if len(labels) else 0.0}
+
+
+def head_record(train_probabilities: np.ndarray, train_labels: np.ndarray, val_probabilities: np.ndarray,
+                val_labels: np.ndarray, *, selection: dict[str, Any]) -> Validation:
+    """A fitted head on frozen features as one history record: train and validation scores and how the head
+    was chosen (its CV table)."""
+    record = {**classification_scores(train_probabilities, train_labels, prefix="train"), "head_selection": selection}
+    if "l2" in selection:
+        record["l2"] = selection["l2"]
+    return Validation(scores=classification_scores(val_probabilities, val_labels), payload=val_probabilities,
+                      record=record)
+
+
+@torch.no_grad()
+def _probabilities(head: nn.Module, features: torch.Tensor) -> np.ndarray:
+    was_training = head.training
+    head.eval()
+    weight = next(head.parameters())
+    probabilities = torch.softmax(head(features.to(weight.device, weight.dtype)).float(), dim=1).cpu().numpy()
+    head.train(was_training)
+    return probabilities
+
+
+def solve_linear_head(head: nn.Linear, train_features: torch.Tensor, train_labels: torch.Tensor,
+                      val_features: torch.Tensor, val_labels: torch.Tensor, *, n_views: int = 1,
+                      class_weight: torch.Tensor | None = None, seed: int = 0) -> Validation:
+    """Solve ``head`` on frozen features (penalty by cross-validation, :func:`~headstart.training.heads.fit_linear_head`),
+    copy the solution into it, and score it: one history record.
+
+    Args:
+        head: the network's linear classifier (any device); it is overwritten.
+        train_features, train_labels: ``n_views`` views of every training example, view-major.
+        val_features, val_labels: the validation examples.
+    """
+    fit = fit_linear_head(train_features, train_labels, n_classes=head.out_features, n_views=n_views,
+                          class_weight=None if class_weight is None else class_weight.cpu(), seed=seed)
+    with torch.no_grad():
+        head.weight.copy_(fit.weight.to(head.weight))
+        head.bias.copy_(fit.bias.to(head.bias))
+    return head_record(_probabilities(head, train_features), train_labels.numpy(), _probabilities(head, val_features),
+                       val_labels.numpy(), selection=fit.summary())
