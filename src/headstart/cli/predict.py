@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -38,14 +39,9 @@ def evaluate(
         fail(error)
 
 
-def _image_inputs(items: list[str], classifier: object) -> tuple[list[Path], list[object]]:
-    from headstart.data.images import (
-        DEFAULT_MAX_IMAGE_PIXELS,
-        ImageDecodeError,
-        SkippedFile,
-        list_image_files,
-        load_image,
-    )
+def _image_inputs(items: list[str]) -> tuple[list[Path], list[object]]:
+    """The image files named by ``items`` (folders are searched); missing paths and non-images are skipped."""
+    from headstart.data.images import SkippedFile, list_image_files
 
     files: list[Path] = []
     skipped: list[object] = []
@@ -58,18 +54,12 @@ def _image_inputs(items: list[str], classifier: object) -> tuple[list[Path], lis
             files.append(item)
         else:
             skipped.append(SkippedFile(str(item), "no such file or folder"))
-    usable: list[Path] = []
-    for file in files:
-        try:
-            load_image(file, max_pixels=getattr(classifier, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS), draft_size=32)
-            usable.append(file)
-        except ImageDecodeError as error:
-            skipped.append(SkippedFile(str(file), error.reason))
-    return usable, skipped
+    return files, skipped
 
 
 def _audio_inputs(items: list[str]) -> tuple[list[Path], list[object]]:
-    from headstart.data.audio import AUDIO_EXTENSIONS, inspect_audio
+    """The audio files named by ``items`` (folders are searched); missing paths are skipped."""
+    from headstart.data.audio import AUDIO_EXTENSIONS
     from headstart.data.images import SkippedFile
 
     files: list[Path] = []
@@ -81,14 +71,7 @@ def _audio_inputs(items: list[str]) -> tuple[list[Path], list[object]]:
             files.append(item)
         else:
             skipped.append(SkippedFile(str(item), "no such file or folder"))
-    usable = []
-    for file in files:
-        _, problem, _ = inspect_audio(file)
-        if problem is None:
-            usable.append(file)
-        else:
-            skipped.append(SkippedFile(str(file), problem))
-    return usable, skipped
+    return files, skipped
 
 
 def _text_inputs(items: list[str], text_col: str | None) -> list[str]:
@@ -120,38 +103,36 @@ def predict(
     """Predict: top-k labels of images, texts or audio files; masks (segmentation) or boxes (detection) of images.
 
     Unreadable files are listed, not fatal."""
-    from headstart.deploy.predictor import top_labels
+    from headstart.bundle import load_bundle
+    from headstart.deploy.predictor import Predictor, top_labels
     from headstart.evaluation.report import print_skipped
-    from headstart.tasks import load_model
+    from headstart.tasks import load_model, task_of_bundle
 
     try:
         if top_k < 1:
             raise ParameterError(f"--top-k must be >= 1. Got {top_k}.", fix="Pass --top-k 1 or more.")
-        classifier = load_model(model)
-        task = getattr(classifier, "modality", "image")
-        if getattr(classifier, "task", "") in ("segmentation", "detection"):
-            _predict_dense(classifier, inputs, out=out, score_threshold=score_threshold, as_json=as_json)
+        bundle = load_bundle(model)
+        if not task_of_bundle(bundle.config).is_classification:
+            _predict_dense(load_model(model), inputs, out=out, score_threshold=score_threshold, as_json=as_json)
             return
-        skipped: list[object] = []
+        # the one prediction path of every deployed classifier: the service and export use it too
+        predictor = Predictor(bundle, max_image_pixels=bundle.config.get("params", {}).get("max_image_pixels"))
+        task = predictor.task
         if task == "text":
-            usable: list = _text_inputs(inputs, text_col)
-            names = [t if len(t) <= 80 else t[:77] + "..." for t in usable]
-        elif task == "audio":
-            usable, skipped = _audio_inputs(inputs)
-            names = [str(p) for p in usable]
+            items, skipped = _text_inputs(inputs, text_col), []
         else:
-            usable, skipped = _image_inputs(inputs, classifier)
-            names = [str(p) for p in usable]
-        print_skipped(error_console, skipped)
-        if not usable:
+            items, skipped = _audio_inputs(inputs) if task == "audio" else _image_inputs(inputs)
+        probabilities, kept, unusable = _classify(predictor, items)
+        print_skipped(error_console, [*skipped, *unusable])
+        if not kept:
             raise ParameterError(f"None of the inputs is a usable {task} input.",
                                  fix=f"Pass {task} files or folders" + (" or texts." if task == "text" else "."))
-        probabilities = classifier.predict_proba(usable)
-        k = min(top_k, len(classifier.classes_))
+        k = min(top_k, len(predictor.classes))
         key = {"text": "text", "audio": "file"}.get(task, "image")
         table = Table(key, *[f"#{i + 1}" for i in range(k)], show_edge=False)
-        for item, name, row in zip(usable, names, probabilities):
-            top = top_labels(row, classifier.classes_, k)
+        for item, row in zip(kept, probabilities):
+            top = top_labels(row, predictor.classes, k)
+            name = str(item) if len(str(item)) <= 80 else str(item)[:77] + "..."
             if as_json:
                 print(json.dumps({key: str(item), "top_k": top}))
             else:
@@ -162,12 +143,41 @@ def predict(
         fail(error)
 
 
+def _classify(predictor: Any, items: list[Any], *, chunk: int = 64) -> tuple[np.ndarray, list[Any], list[Any]]:
+    """Probabilities of the usable items (decoded and batched by the predictor, a chunk at a time so a large
+    folder never sits in memory); unusable ones are skipped with their reason."""
+    from headstart.data.images import SkippedFile
+
+    rows, kept, skipped = [], [], []
+    for start in range(0, len(items), chunk):
+        decoded = []
+        for item in items[start:start + chunk]:
+            try:
+                raw = item if predictor.task == "text" else Path(item).read_bytes()
+                decoded.append(predictor.decode(raw, name=str(item)))
+                kept.append(item)
+            except OSError as error:
+                skipped.append(SkippedFile(str(item), error.strerror or str(error)))
+            except HeadstartError as error:
+                skipped.append(SkippedFile(str(item), getattr(error, "reason", None) or error.message))
+        if decoded:
+            rows.append(predictor.run(predictor.collate(decoded)))
+    return (np.concatenate(rows) if rows else np.zeros((0, len(predictor.classes)), np.float32)), kept, skipped
+
 
 def _predict_dense(estimator: object, inputs: list[str], *, out: Path | None, score_threshold: float,
                    as_json: bool) -> None:
+    from headstart.data.images import ImageDecodeError, SkippedFile, load_image
     from headstart.evaluation.report import print_skipped
 
-    usable, skipped = _image_inputs(inputs, estimator)
+    files, skipped = _image_inputs(inputs)
+    usable = []
+    for file in files:
+        try:
+            load_image(file, draft_size=32)
+            usable.append(file)
+        except ImageDecodeError as error:
+            skipped.append(SkippedFile(str(file), error.reason))
     print_skipped(error_console, skipped)
     if not usable:
         raise ParameterError("None of the inputs is a usable image.", fix="Pass image files or folders.")
