@@ -70,8 +70,20 @@ class SkippedFile:
     reason: str
 
 
+class LabelledSamples:
+    """What every modality's labelled samples share: class indices in ``labels`` naming ``classes``."""
+
+    labels: list[int]
+    classes: list[str]
+
+    def class_counts(self) -> dict[str, int]:
+        """Examples per class, for every class in ``classes`` (zero included), in that order."""
+        counts = Counter(self.labels)
+        return {name: counts.get(index, 0) for index, name in enumerate(self.classes)}
+
+
 @dataclass
-class ImageSamples:
+class ImageSamples(LabelledSamples):
     """Labelled image files: ``labels[i]`` indexes ``classes`` for ``paths[i]``."""
 
     paths: list[Path]
@@ -81,10 +93,6 @@ class ImageSamples:
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    def class_counts(self) -> dict[str, int]:
-        counts = Counter(self.labels)
-        return {name: counts.get(index, 0) for index, name in enumerate(self.classes)}
 
     def subset(self, indices: Iterable[int]) -> "ImageSamples":
         chosen = list(indices)

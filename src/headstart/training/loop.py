@@ -299,16 +299,16 @@ class _Trainer:
         schedule = (stage.epochs * steps, int(self.config.warmup_fraction * stage.epochs * steps))
         while self.state.epoch_in_stage < stage.epochs:
             started = time.perf_counter()
-            record = self._train_epoch(module, stage, steps, schedule)
+            record = self._train_epoch(module, self.optimizer, stage, steps, schedule)
             validation = self.task.validate(self.net, self.fabric.device)
             record.update({**validation.record, **validation.scores,
                            "seconds": round(time.perf_counter() - started, 2)})
             if self._end_epoch(record, validation.payload):
                 break
 
-    def _train_epoch(self, module: nn.Module, stage: Stage, steps: int, schedule: tuple[int, int]) -> dict[str, Any]:
-        epoch, fabric, optimizer = self.state.epoch, self.fabric, self.optimizer
-        assert optimizer is not None  # set by _train_stage
+    def _train_epoch(self, module: nn.Module, optimizer: Any, stage: Stage, steps: int,
+                     schedule: tuple[int, int]) -> dict[str, Any]:
+        epoch, fabric = self.state.epoch, self.fabric
         seed = _seed_epoch(self.config.seed, epoch)
         batches = shard_batches(self.task.batches(epoch), fabric.global_rank, fabric.world_size)
         loader = DataLoader(self.task.dataset(epoch), batch_sampler=batches, collate_fn=self.task.collate,

@@ -6,13 +6,12 @@ Separate so that the source readers, the loader, the estimator and the model com
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart.data.images import Splits
+from headstart.data.images import LabelledSamples, Splits
 from headstart.data.text import sort_class_names
 from headstart.errors import DataError, ParameterError
 
@@ -20,7 +19,7 @@ __all__ = ["AudioSamples", "AudioSplits"]
 
 
 @dataclass
-class AudioSamples:
+class AudioSamples(LabelledSamples):
     """Labelled audio files: ``labels[i]`` indexes ``classes`` for ``paths[i]``; optional group and seconds each."""
 
     paths: list[Path]
@@ -32,10 +31,6 @@ class AudioSamples:
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    def class_counts(self) -> dict[str, int]:
-        counts = Counter(self.labels)
-        return {name: counts.get(index, 0) for index, name in enumerate(self.classes)}
 
     def subset(self, indices: Iterable[int]) -> AudioSamples:
         chosen = [int(i) for i in indices]

@@ -7,19 +7,18 @@ same way, with :func:`sort_class_names`) share these without importing the table
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from headstart.data.images import Splits
+from headstart.data.images import LabelledSamples, Splits
 from headstart.errors import DataError, ParameterError
 
 __all__ = ["TextSamples", "TextSplits", "sort_class_names"]
 
 
 @dataclass
-class TextSamples:
+class TextSamples(LabelledSamples):
     """Labelled texts: ``labels[i]`` indexes ``classes`` for ``texts[i]``; ``source`` says where they came from.
 
     >>> samples = TextSamples.from_lists(["fine", "awful", "great"], ["10", "2", "10"])
@@ -34,11 +33,6 @@ class TextSamples:
 
     def __len__(self) -> int:
         return len(self.texts)
-
-    def class_counts(self) -> dict[str, int]:
-        """Examples per class, for every class in ``classes`` (zero included), in that order."""
-        counts = Counter(self.labels)
-        return {name: counts.get(index, 0) for index, name in enumerate(self.classes)}
 
     def subset(self, indices: Iterable[int]) -> TextSamples:
         chosen = list(indices)
