@@ -357,6 +357,19 @@ def test_resume_without_checkpoint_or_with_other_settings_is_refused(resumed_run
         Segmenter(**seg_params(batch_size=3)).fit(isbi_small, out=copy, resume=True)
 
 
+def test_a_checkpoint_of_the_older_format_is_refused_not_restarted(resumed_runs: dict[str, Any], isbi_small: Path,
+                                                                    tmp_path: Path) -> None:
+    """Before the one training loop, dense runs kept checkpoints/state.json directly: resuming one must say so
+    rather than silently train from epoch 1 again."""
+    copy = tmp_path / "run"
+    shutil.copytree(resumed_runs["folder"] / "interrupted", copy)
+    shutil.rmtree(copy / "checkpoints")
+    (copy / "checkpoints").mkdir()
+    (copy / "checkpoints" / "state.json").write_text("{}")
+    with pytest.raises(ResumeError, match="older headstart"):
+        Segmenter(**seg_params()).fit(isbi_small, out=copy, resume=True)
+
+
 def test_a_refused_resume_leaves_the_run_config_alone(resumed_runs: dict[str, Any], isbi_small: Path,
                                                       tmp_path: Path) -> None:
     """`headstart train --resume RUN` rebuilds the estimator from RUN/config.json: a resume refused for other

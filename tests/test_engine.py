@@ -44,8 +44,10 @@ def text_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             tokens += [rng.choice(words) for _ in range(2)]
             rng.shuffle(tokens)
             rows.append(f"{' '.join(tokens)},{label}")
-    path = tmp_path_factory.mktemp("text") / "reviews.csv"
-    path.write_text("\n".join(rows) + "\n")
+    folder = tmp_path_factory.mktemp("text")
+    (folder / "dev.csv").write_text("\n".join([rows[0], *rows[1:11], *rows[41:51]]) + "\n")  # 10 per class
+    path = folder / "reviews.csv"
+    path.write_text("\n".join([rows[0], *rows[11:41], *rows[51:]]) + "\n")
     return path
 
 
@@ -78,7 +80,9 @@ TINY_DETECTION = ["--backbone", TINY_BACKBONE, "--weights", "random", "--min-siz
 def commands(text_csv: Path, tiny_bert: Path, audio_folder: Path, isbi_small: Path, bccd_small: Path
              ) -> dict[str, list[str]]:
     """``headstart train`` arguments (without --epochs / --out) of a tiny run of each task."""
-    return {"text": [str(text_csv), "--backbone", str(tiny_bert), *TINY_TEXT],
+    # text validates on its own table: a resumed run must read it again (config.json records --val)
+    return {"text": [str(text_csv), "--val", str(text_csv.parent / "dev.csv"), "--backbone", str(tiny_bert),
+                     *TINY_TEXT],
             "audio": [str(audio_folder), *TINY_AUDIO],
             "segmentation": [str(isbi_small), *TINY_SEGMENTATION],
             "detection": [str(bccd_small), *TINY_DETECTION]}

@@ -7,6 +7,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_BACKBONE, tiny_params
@@ -126,3 +127,45 @@ def test_interrupted_bundle_replacement_points_to_the_old_copy(tmp_path: Path, s
     with pytest.raises(BundleError, match="interrupted") as info:
         ImageClassifier.load(tmp_path / "model")
     assert ".model.abc123.old" in (info.value.fix or "")
+
+
+def test_a_loss_that_becomes_infinite_stops_training_with_the_fix(sample_dir: Path) -> None:
+    from headstart.data import ImageDataset, build_transform
+    from headstart.models import Preprocessing, create_backbone, get_backbone_spec
+    from headstart.training.loop import StepOutput
+
+    splits = load_image_dataset(sample_dir)
+    preprocessing = Preprocessing.from_dict({**get_backbone_spec(TINY_BACKBONE).preprocessing().to_dict(),
+                                             "input_size": 64})
+    net = ClassifierNet(create_backbone(TINY_BACKBONE, 2, weights="random")[0])
+    train_set = ImageDataset(splits.train.paths, splits.train.labels, build_transform(preprocessing, train=True))
+
+    def step(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> StepOutput:
+        return StepOutput(loss=module(batch[0]).sum() * float("inf"), size=len(batch[1]))
+
+    task = TrainingTask(dataset=lambda epoch: train_set,
+                        batches=lambda epoch: shuffled_batches(len(train_set), 8, seed=0, epoch=epoch), step=step,
+                        validate=lambda model, device: Validation({"val_loss": 0.0}))
+    with pytest.raises(ParameterError, match="became -?inf in epoch 1") as info:
+        train(net, task, stages=plan_stages("full", 1), config=TrainConfig(batch_size=8), progress=False)
+    assert "--lr" in (info.value.fix or "")
+
+
+def test_a_failed_refit_leaves_the_previous_model(sample_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refit that fails half way (here: interrupted in the loop) leaves the estimator fitted as before."""
+    import headstart.training.loop as loop
+
+    classifier = ImageClassifier(**tiny_params(strategy="linear_probe", epochs=1, calibrate=False)).fit(sample_dir)
+    before = classifier.predict_proba(sorted((sample_dir / "test").rglob("*.jpg")))
+    state = (classifier.classes_, classifier.backbone_spec_, classifier.model_)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    classifier.set_params(backbone="timm:test_resnet")
+    with pytest.raises(KeyboardInterrupt):
+        classifier.fit(sample_dir / "train", val=sample_dir / "val")
+    assert (classifier.classes_, classifier.backbone_spec_, classifier.model_) == state
+    assert classifier.backbone == "timm:test_resnet"  # the parameter the user set stays set
+    np.testing.assert_allclose(classifier.predict_proba(sorted((sample_dir / "test").rglob("*.jpg"))), before)

@@ -44,7 +44,7 @@ from headstart.data.images import (
     scan_unlabelled_images,
 )
 from headstart.errors import DataError, ParameterError, check_choice, check_integer
-from headstart.estimators.base import EstimatorBase
+from headstart.estimators.base import EstimatorBase, restores_state_on_failure
 from headstart.estimators.image import ImageClassifier
 from headstart.evaluation.metrics import classification_metrics
 from headstart.evaluation.plots import plot_confusion_matrix, plot_method_comparison
@@ -184,6 +184,7 @@ class DomainAdapter(EstimatorBase):
         return labels
 
     # -- training -----------------------------------------------------------------------------------------------
+    @restores_state_on_failure
     def fit(self, source: str | os.PathLike[str], target: str | os.PathLike[str], *,
             out: str | os.PathLike[str] | None = None) -> "DomainAdapter":
         """Learn from the labelled ``source`` class folders and the unlabelled ``target`` images.

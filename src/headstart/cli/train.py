@@ -29,7 +29,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the head.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Examples per step (default 32; segmentation/detection 4).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: the backbone's; x1.29 for linear_probe, FixRes).")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs (0 disables; default 3; segmentation/detection: off unless given).")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs (0 disables; default: images and audio 3, text 2, segmentation/detection off).")] = None,
     monitor: Annotated[str, typer.Option(help="val_loss or val_accuracy.")] = "val_loss",
     class_weights: Annotated[bool, typer.Option("--class-weights/--no-class-weights", help="Weight the loss by inverse class frequency.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and augmentation.")] = 0,
@@ -83,10 +83,10 @@ def train(
         from headstart.tasks import detect_task, estimator_class, get_task
 
         out = out or Path("runs") / data.resolve().name
-        _prepare_out(out, overwrite=overwrite)
         chosen = detect_task(data) if task == "auto" else get_task(task).name
         cls = estimator_class(chosen)
-        estimator = cls(**_estimator_options(cls, given, task=chosen, quiet=quiet))
+        estimator = cls(**_estimator_options(cls, given, task=chosen, quiet=quiet))  # refuses before anything is removed
+        _prepare_out(out, overwrite=overwrite)
         console.print(f"[bold]Task[/bold] {chosen}" + (" (detected)" if task == "auto" else ""))
         estimator.fit(data, val=val, out=out)
     except HeadstartError as error:
@@ -169,7 +169,7 @@ def _resume(run_dir: Path, given: dict[str, Any], *, quiet: bool) -> None:
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ResumeError(f"{config_file} is damaged or not from headstart train ({error!r}).",
                           fix="Start a new run; this folder cannot be resumed.") from None
-    if data == "samples":
+    if "samples" in (data, val):
         raise ResumeError(f"{run_dir} was trained on samples passed from Python, which the command line cannot read.",
                           fix="Resume it from Python: fit(samples, out=RUN_DIR, resume=True).")
     resolve(task.estimator)(**{**params, "progress": not quiet}).fit(data, val=val, out=run_dir, resume=True)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +14,7 @@ from headstart.errors import NotFittedError, ParameterError, check_integer
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["EstimatorBase"]
+__all__ = ["EstimatorBase", "restores_state_on_failure"]
 
 # Parameters several estimators share, and what each must be (an estimator checks only those it has).
 _INTEGERS = {"batch_size": (1, None, False), "epochs": (1, None, True), "seed": (0, None, False),
@@ -21,6 +23,23 @@ _INTEGERS = {"batch_size": (1, None, False), "epochs": (1, None, True), "seed": 
 _NUMBERS = {"lr": (0.0, 1.0, True, True), "val_fraction": (0.0, 1.0, True, False),
             "drop_rate": (0.0, 0.95, False, False), "label_smoothing": (0.0, 0.5, False, False),
             "weight_decay": (0.0, 1.0, False, False)}
+
+
+def restores_state_on_failure(fit: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a ``fit`` so that a failed or interrupted call leaves the estimator exactly as it was: still fitted
+    with its previous model, or still unfitted, never half of one and half of the other."""
+
+    @functools.wraps(fit)
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        before = dict(self.__dict__)
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    return guarded
 
 
 class EstimatorBase:

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from headstart.bundle import load_bundle, save_bundle
 from headstart.errors import ParameterError, check_choice, check_integer
-from headstart.estimators.base import EstimatorBase
+from headstart.estimators.base import EstimatorBase, restores_state_on_failure
 from headstart.evaluation.plots import plot_training_curves
 from headstart.evaluation.report import print_skipped
 from headstart.models.dense import build_dense_net
@@ -48,9 +48,6 @@ from headstart.training.recipes import (
 )
 
 __all__ = ["DenseEstimator"]
-
-FITTED_ATTRIBUTES = ("net_", "classes_", "config_", "history_", "metrics_")
-
 
 class DenseEstimator(EstimatorBase):
     """The shared flow; subclasses set ``task``, ``monitor`` and the hooks below."""
@@ -109,6 +106,7 @@ class DenseEstimator(EstimatorBase):
         self._train_config().validate(type(self).__name__)
 
     # -- fit --------------------------------------------------------------------------------------------------
+    @restores_state_on_failure
     def fit(self, data: str | os.PathLike[str], *, val: str | os.PathLike[str] | None = None,
             out: str | os.PathLike[str] | None = None, resume: bool = False) -> DenseEstimator:
         """Train on ``data`` (validation: ``val``, the data's own split, or a seeded hold-out).
@@ -120,17 +118,7 @@ class DenseEstimator(EstimatorBase):
         Returns:
             self, fitted: ``net_``, ``classes_``, ``config_``, ``history_``, ``metrics_``.
         """
-        fitted_before = {name: getattr(self, name) for name in FITTED_ATTRIBUTES if hasattr(self, name)}
-        try:
-            return self._fit(data, val=val, out=out, resume=resume)
-        except BaseException:
-            # an interrupted or failed fit leaves the estimator as it was, never half fitted
-            for name in FITTED_ATTRIBUTES:
-                if name in fitted_before:
-                    setattr(self, name, fitted_before[name])
-                elif hasattr(self, name):
-                    delattr(self, name)
-            raise
+        return self._fit(data, val=val, out=out, resume=resume)
 
     def _train_config(self) -> TrainConfig:
         return TrainConfig(batch_size=self.batch_size, weight_decay=1e-4, patience=self.patience,
@@ -283,7 +271,7 @@ class DenseEstimator(EstimatorBase):
         """``items`` with a transient progress bar (when ``progress`` is on)."""
         from rich.progress import track
 
-        return track(items, description=description, transient=True, disable=not self.progress)
+        return track(items, description=description, transient=True, disable=not self.progress or process_rank() != 0)
 
     def _as_paths(self, images: Any) -> list[Path]:
         if isinstance(images, (str, os.PathLike)):

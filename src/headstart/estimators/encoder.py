@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from headstart.bundle import load_bundle, save_bundle, validation_reference
 from headstart.errors import ParameterError, check_choice, check_integer
+from headstart.estimators.base import restores_state_on_failure
 from headstart.estimators.classification import ClassifierEstimator
 from headstart.evaluation.calibration import apply_temperature
 from headstart.evaluation.report import print_splits
@@ -232,6 +233,7 @@ class EncoderClassifier(ClassifierEstimator):
                                   what="train")
         return features, description
 
+    @restores_state_on_failure
     def fit(self, data: Any, *, val: Any = None, out: str | os.PathLike[str] | None = None,
             resume: bool = False) -> "EncoderClassifier":
         """Train on labelled data; with ``out``, write the run folder (config, checkpoints, data, metrics, plots,
@@ -261,7 +263,8 @@ class EncoderClassifier(ClassifierEstimator):
         lr = self.lr if self.lr is not None else self._default_lr(strategy)
         self.encoder_description_ = {**encoder.describe(), "source": description}
         if run_dir is not None and process_rank() == 0:
-            self._start_run(run_dir, data=data, splits=splits, strategy=strategy, epochs=epochs, lr=lr, resume=resume)
+            self._start_run(run_dir, data=data, val=val, splits=splits, strategy=strategy, epochs=epochs, lr=lr,
+                            resume=resume)
         state, payload, lora_settings = self._train(net, splits, strategy=strategy, epochs=epochs, lr=lr,
                                                     run_dir=run_dir, resume=resume, console=console)
         self.net_ = net.cpu().eval()
@@ -284,7 +287,7 @@ class EncoderClassifier(ClassifierEstimator):
                             extra={"processes": self.processes_})
         return self
 
-    def _start_run(self, run_dir: Path, *, data: Any, splits: Any, strategy: str, epochs: int, lr: float,
+    def _start_run(self, run_dir: Path, *, data: Any, val: Any, splits: Any, strategy: str, epochs: int, lr: float,
                    resume: bool) -> None:
         """config.json (a fresh run only: a resumed one keeps its own) and data.json."""
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -295,6 +298,8 @@ class EncoderClassifier(ClassifierEstimator):
             atomic_write_json(run_dir / "config.json", {
                 "task": self.task, "params": self.plain_params(),
                 "data": str(Path(data).resolve()) if isinstance(data, (str, os.PathLike)) else "samples",
+                "val": str(Path(val).resolve()) if isinstance(val, (str, os.PathLike)) else None if val is None
+                else "samples",
                 "strategy": strategy, "epochs": epochs, "lr": lr, "encoder": self.encoder_description_})
         atomic_write_json(run_dir / "data.json", splits.summary())
 

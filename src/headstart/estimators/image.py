@@ -28,6 +28,7 @@ from headstart.data.images import (
     scan_image_folder,
 )
 from headstart.errors import DataError, ParameterError, check_choice, check_integer
+from headstart.estimators.base import restores_state_on_failure
 from headstart.estimators.classification import ClassifierEstimator
 from headstart.evaluation.calibration import apply_temperature
 from headstart.evaluation.report import (
@@ -205,6 +206,7 @@ class ImageClassifier(ClassifierEstimator):
                            precision=self.precision)
 
     # -- training -------------------------------------------------------------------------------------------
+    @restores_state_on_failure
     def fit(self, data: str | os.PathLike[str], *, val: str | os.PathLike[str] | None = None,
             out: str | os.PathLike[str] | None = None, resume: bool = False) -> "ImageClassifier":
         """Train on an image folder; with ``out``, write the run (config, checkpoints, metrics, plots, model).

@@ -111,6 +111,9 @@ def load_checkpoint(run_dir: Path, fingerprint: dict[str, Any]) -> Checkpoint | 
     """
     folder = latest_checkpoint(run_dir)
     if folder is None:
+        if (run_dir / CHECKPOINT_DIR / "state.json").is_file():
+            raise ResumeError(f"{run_dir / CHECKPOINT_DIR} holds a checkpoint of an older headstart, which this one"
+                              " cannot continue.", fix="Start the run again (`headstart train ... --overwrite`).")
         return None
     try:
         saved = read_json(folder / "state.json")

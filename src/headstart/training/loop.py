@@ -327,7 +327,7 @@ class _Trainer:
                     group["lr"] = stage.lr * group["lr_scale"] * factor
                 output = self.task.step(module, batch)
                 value = float(output.loss.detach())
-                if not math.isfinite(value):
+                if not self._all_finite(value):
                     raise ParameterError(f"The training loss became {value} in epoch {epoch + 1}: the learning"
                                          f" rate {stage.lr:g} is too high for this data.",
                                          fix="Lower the learning rate (--lr) and start again.")
@@ -348,6 +348,14 @@ class _Trainer:
             record["train_accuracy"] = float(totals[1] / totals[2].clamp(min=1))
         record["lr"] = stage.lr * factor
         return record
+
+    def _all_finite(self, value: float) -> bool:
+        """Whether every process's loss is finite: they must stop together, or the others would wait forever
+        for this one's gradients."""
+        if self.fabric.world_size == 1:
+            return math.isfinite(value)
+        flag = torch.tensor(0.0 if math.isfinite(value) else 1.0, device=self.fabric.device)
+        return float(self.fabric.all_reduce(flag, reduce_op="sum")) == 0.0
 
     def _improved(self, score: float) -> bool:
         best = self.state.best_score

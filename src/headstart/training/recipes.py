@@ -126,8 +126,8 @@ def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, lr_mult:
     head = Stage("head", 1 if solve else head_epochs, head_lr, freeze_backbone=True, solve=solve)
     if strategy == "linear_probe":
         return [Stage("head", 1 if solve else epochs, head_lr, freeze_backbone=True, solve=solve)]
-    if strategy == "full":
-        return [Stage("all", epochs, tune_lr, lr_mult=uniform)]
+    if strategy == "full":  # no head stage: an lr given is the rate of everything; the default is the tuning rate
+        return [Stage("all", epochs, lr if lr is not None else tune_lr, lr_mult=uniform)]
     if strategy == "lp_ft":
         return [head, Stage("all", epochs, tune_lr / 5, lr_mult=uniform, freeze_batchnorm=True)]
     if strategy == "lora":
