@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--weights", default="both", choices=["both", "auto", "random"])
+    parser.add_argument("--seed", type=int, default=0, help="initialisation, augmentation and batch order")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "detection.json")
     args = parser.parse_args()
     from headstart import Detector
@@ -43,7 +44,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             model = Detector(epochs=args.epochs, frozen_epochs=args.frozen_epochs, min_size=args.min_size,
-                             max_size=args.max_size, batch_size=args.batch_size, lr=args.lr, weights=weights, seed=0)
+                             max_size=args.max_size, batch_size=args.batch_size, lr=args.lr, weights=weights, seed=args.seed)
             model.fit(DATA, out=Path(tmp) / "run")
             fit_seconds = time.perf_counter() - started
             started = time.perf_counter()

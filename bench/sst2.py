@@ -30,6 +30,7 @@ def main() -> int:
     parser.add_argument("--layer-decay", type=float, default=None)
     parser.add_argument("--label-smoothing", type=float, default=None)
     parser.add_argument("--monitor", default=None)
+    parser.add_argument("--seed", type=int, default=None, help="the estimator's seed (default 0): shuffling, dropout")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -47,7 +48,7 @@ def main() -> int:
     for strategy in args.strategies.split(","):
         started = time.perf_counter()
         out = Path(tempfile.mkdtemp(prefix=f"sst2-{strategy}-"))
-        given = {name: getattr(args, name) for name in ("epochs", "lr", "layer_decay", "label_smoothing", "monitor")
+        given = {name: getattr(args, name) for name in ("epochs", "lr", "layer_decay", "label_smoothing", "monitor", "seed")
                  if getattr(args, name) is not None}
         model = TextClassifier(strategy=strategy, cache_dir=cache, progress=False, **given)
         model.fit(DATA / "sst2_train.tsv", val=DATA / "sst2_dev.tsv", out=out)
