@@ -113,6 +113,18 @@ def test_linear_head_is_solved_with_a_cross_validated_penalty() -> None:
     # the same objective as scikit-learn's multinomial logistic regression with C = 1 / (n * l2)
     reference = LogisticRegression(C=1 / (150 * 0.01), max_iter=5000, tol=1e-10).fit(features, labels)
     assert np.allclose(fit.weight.numpy(), reference.coef_, atol=2e-3)
+    # all-positive features far from the origin (as pooled CNN features are) and class weights: the solver
+    # centres the features internally, and the bias it returns must undo that exactly
+    shifted = features + 10.0
+    class_weight = torch.tensor([1.0, 2.0, 0.5])
+    fit = fit_linear_head(torch.tensor(shifted, dtype=torch.float32), torch.tensor(labels), n_classes=3,
+                          grid=(0.01,), class_weight=class_weight)
+    sample_weight = class_weight.numpy()[labels]
+    reference = LogisticRegression(C=1 / (sample_weight.sum() * 0.01), max_iter=20000, tol=1e-10).fit(
+        shifted, labels, sample_weight=sample_weight)
+    probabilities = torch.softmax(torch.tensor(shifted, dtype=torch.float32) @ fit.weight.T + fit.bias, dim=1)
+    assert np.allclose(fit.weight.numpy(), reference.coef_, atol=2e-3)
+    assert np.abs(probabilities.numpy() - reference.predict_proba(shifted)).max() < 2e-3
     chosen = fit_linear_head(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), n_classes=3)
     assert len(chosen.cv) == 7 and chosen.l2 in [row["l2"] for row in chosen.cv]
     best = min(row["cv_log_loss"] for row in chosen.cv)
