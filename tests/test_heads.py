@@ -109,3 +109,45 @@ def test_frozen_features_stay_on_the_cpu_extractor_for_sklearn_heads_when_a_gpu_
     found = classifier._feature_extractor(model, spec.preprocessing(), spec.architecture, console=Console(quiet=True),
                                           cache_features=False)
     assert (found is not None) == extractor
+
+
+def test_a_solved_linear_head_is_stored_and_read_back_only_for_the_same_inputs(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import headstart.training.heads as heads
+    from headstart.features.store import FeatureStore
+
+    x, y = _blobs()
+    features, labels = torch.from_numpy(np.concatenate([x, x[:, ::-1].copy()])), torch.from_numpy(np.tile(y, 2))
+    store = FeatureStore(tmp_path / "cache")
+    first = heads.fit_linear_head(features, labels, n_classes=3, n_views=2, store=store)
+    assert len(list((tmp_path / "cache" / "heads").glob("*.safetensors"))) == 1
+
+    solves = []
+    original = heads._fit_linear_head
+    monkeypatch.setattr(heads, "_fit_linear_head", lambda *a, **k: solves.append(1) or original(*a, **k))
+    again = heads.fit_linear_head(features, labels, n_classes=3, n_views=2, store=store)
+    assert not solves, "the same inputs must be read back, not solved again"
+    assert torch.equal(again.weight, first.weight) and torch.equal(again.bias, first.bias)
+    assert again.l2 == first.l2 and again.cv == first.cv and again.folds == first.folds
+
+    # anything the solve reads changes the key: a label, a feature value, the class weights, the seed
+    changed_labels = labels.clone()
+    changed_labels[0] = 1
+    changed_features = features.clone()
+    changed_features[5, 2] += 1e-3
+    heads.fit_linear_head(features, changed_labels, n_classes=3, n_views=2, store=store)
+    heads.fit_linear_head(changed_features, labels, n_classes=3, n_views=2, store=store)
+    heads.fit_linear_head(features, labels, n_classes=3, n_views=2, store=store,
+                          class_weight=torch.tensor([1.0, 2.0, 1.0]))
+    heads.fit_linear_head(features, labels, n_classes=3, n_views=2, store=store, seed=1)
+    assert len(solves) == 4
+    assert len(list((tmp_path / "cache" / "heads").glob("*.safetensors"))) == 5
+
+    # a damaged entry is solved again, not trusted
+    for entry in (tmp_path / "cache" / "heads").glob("*.safetensors"):
+        entry.write_bytes(b"not a safetensors file")
+    heads.fit_linear_head(features, labels, n_classes=3, n_views=2, store=store)
+    assert len(solves) == 5
+    assert store.clear() == 0 and not (tmp_path / "cache" / "heads").exists()

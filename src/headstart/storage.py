@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "atomic_directory",
     "read_json",
     "load_tensors",
+    "load_tensors_and_metadata",
     "flatten_optimizer_state",
     "unflatten_optimizer_state",
 ]
@@ -91,6 +93,12 @@ def atomic_save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.T
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return load_file(str(path), device="cpu")
+
+
+def load_tensors_and_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a safetensors file and its string metadata (``{}`` when it has none)."""
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}, dict(handle.metadata() or {})
 
 
 @contextmanager

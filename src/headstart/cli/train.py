@@ -43,6 +43,7 @@ def train(
     runtime: Annotated[str, typer.Option(help="Frozen-feature runtime: auto, openvino, onnxruntime or torch.")] = "auto",
     cache_dir: Annotated[Optional[str], typer.Option(help="Feature store folder (default $HEADSTART_CACHE or ~/.cache/headstart; 'off' disables).")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a temperature on validation predictions.")] = True,
+    time_budget: Annotated[str, typer.Option(help="Images: time for the training stages: seconds, or 10m / 1.5h; 'none' for no limit. auto: with --strategy auto, 5 min on a CPU (auto fine-tunes only if two unfrozen epochs fit, measured here), 30 min with a GPU.")] = "auto",
     text_col: Annotated[Optional[str], typer.Option(help="Text: the table's text column (default: found by name).")] = None,
     label_col: Annotated[Optional[str], typer.Option(help="Text/audio tables: the label column (default: found by name).")] = None,
     path_col: Annotated[Optional[str], typer.Option(help="Audio tables: the file-path column (default: found by name).")] = None,

@@ -353,7 +353,8 @@ class EncoderClassifier(ClassifierEstimator):
                                           device=fabric.device)
             validation = solve_linear_head(net.head, torch.from_numpy(train_features), torch.from_numpy(train_labels),
                                            torch.from_numpy(val_features), torch.from_numpy(val_labels),
-                                           class_weight=weight, seed=self.seed)
+                                           class_weight=weight, seed=self.seed,
+                                           store=None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir))
             console.print(f"Solved {self.head} head on frozen features: val acc"
                           f" {validation.scores['val_accuracy']:.4f}, val loss {validation.scores['val_loss']:.4f}",
                           highlight=False)

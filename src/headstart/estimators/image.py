@@ -46,6 +46,7 @@ from headstart.models import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
 from headstart.models.heads import HEADS, FeatureMLP
 from headstart.models.inference import predict_files
 from headstart.storage import atomic_write_json
+from headstart.training.budget import fine_tune_within, format_seconds, resolve_time_budget
 from headstart.training.checkpoints import CHECKPOINT_DIR
 from headstart.training.classification import (
     classification_scores,
@@ -112,6 +113,11 @@ class ImageClassifier(ClassifierEstimator):
             no caching.
         calibrate: fit a temperature on the validation predictions (temperature scaling); predicted
             probabilities are then calibrated (the predicted class never changes).
+        time_budget: seconds the training stages may take (a number, or ``"10m"``, ``"1.5h"``): each stage's
+            epoch time is measured on its first steps and only the epochs that fit run. ``"auto"``: with
+            ``strategy="auto"``, 5 minutes on a CPU and 30 with a GPU (``auto`` then fine-tunes only when two
+            unfrozen epochs fit, measured on this machine; :func:`~headstart.training.budget.fine_tune_within`);
+            otherwise none. ``None``: no limit.
         progress: show progress bars and per-epoch lines.
     """
 
@@ -147,6 +153,7 @@ class ImageClassifier(ClassifierEstimator):
         runtime: str = "auto",
         cache_dir: str | os.PathLike[str] | None = None,
         calibrate: bool = True,
+        time_budget: float | str | None = "auto",
         progress: bool = True,
     ) -> None:
         self.backbone = backbone
@@ -176,6 +183,7 @@ class ImageClassifier(ClassifierEstimator):
         self.runtime = runtime
         self.cache_dir = cache_dir
         self.calibrate = calibrate
+        self.time_budget = time_budget
         self.progress = progress
 
     # -- scikit-learn conventions -------------------------------------------------------------------------
@@ -203,7 +211,13 @@ class ImageClassifier(ClassifierEstimator):
     def _train_config(self) -> TrainConfig:
         return TrainConfig(batch_size=self.batch_size, weight_decay=self.weight_decay, patience=self.patience,
                            monitor=self.monitor, seed=self.seed, devices=self.devices, accelerator=self.accelerator,
-                           precision=self.precision)
+                           precision=self.precision, time_budget=self._time_budget_seconds())
+
+    def _on_gpu(self) -> bool:
+        return self.accelerator not in ("auto", "cpu") or (self.accelerator == "auto" and torch.cuda.is_available())
+
+    def _time_budget_seconds(self) -> float | None:
+        return resolve_time_budget(self.time_budget, strategy=self.strategy, on_gpu=self._on_gpu())
 
     # -- training -------------------------------------------------------------------------------------------
     @restores_state_on_failure
@@ -241,12 +255,15 @@ class ImageClassifier(ClassifierEstimator):
         splits = load_image_dataset(data, val=val, val_fraction=self.val_fraction, seed=self.seed,
                                     max_pixels=self.max_image_pixels)
         print_splits(console, splits)
-        strategy, epochs, stages = self._plan(len(splits.train), console)
         spec = get_backbone_spec(self.backbone)
-        preprocessing = self._input_preprocessing(spec, strategy, console)
         torch.manual_seed(self.seed)
         model, source = create_backbone(self.backbone, len(splits.classes), weights=self.weights,
                                         drop_rate=self.drop_rate, allow_download=self.allow_download)
+        net = ClassifierNet(model)  # its new head's initial weights are drawn here, once
+        strategy, epochs, stages = self._plan(len(splits.train), console, net=net,
+                                              n_val=len(splits.val), input_size=spec.preprocessing().input_size,
+                                              budget=config.time_budget)
+        preprocessing = self._input_preprocessing(spec, strategy, console)
         console.print(f"[bold]Backbone[/bold] {spec.name} ({spec.timm_id}), weights from {source.description}; "
                       f"input {preprocessing.input_size}px.")
         views = view_names(self.augmented_views)
@@ -265,7 +282,6 @@ class ImageClassifier(ClassifierEstimator):
             model.reset_classifier(0)
             self.is_main_process_, self.processes_ = True, 1
         else:
-            net = ClassifierNet(model)
             result = train(net, self._training_task(net, splits, preprocessing, extractor, views, console),
                            stages=stages, config=config, run_dir=run_dir, resume=resume, console=console,
                            progress=self.progress)
@@ -291,16 +307,28 @@ class ImageClassifier(ClassifierEstimator):
                             title=(f"backbone {spec.name} ({source.description}), strategy {strategy},"
                                    f" {len(self.history_)} of {epochs} epochs, best epoch {self.best_epoch_},"
                                    f" {self.fit_seconds_}s"),
-                            extra={"processes": self.processes_, "features": self.features_report_})
+                            extra={"processes": self.processes_, "features": self.features_report_,
+                                   "plan": self.plan_, "time_budget": state.budget})
         return self
 
-    def _plan(self, n_train: int, console: Console) -> tuple[str, int, list[Stage]]:
-        """The strategy (``auto``: the one rule of :func:`~headstart.training.recipes.choose_strategy`), its
-        epochs and its stages."""
+    def _plan(self, n_train: int, console: Console, *, net: Any = None, n_val: int = 0, input_size: int = 224,
+              budget: float | None = None) -> tuple[str, int, list[Stage]]:
+        """The strategy (``auto``: :func:`~headstart.training.recipes.choose_strategy`, then on a CPU under a time
+        budget :func:`~headstart.training.budget.fine_tune_within`), its epochs and its stages."""
         strategy, epochs = self.strategy, self.epochs
+        self.plan_ = {"strategy": self.strategy, "time_budget_seconds": budget}
         if strategy == "auto":
             strategy, reason = choose_strategy(n_train, pretrained=self.weights != "random", head=self.head)
+            if strategy != "linear_probe" and budget is not None and net is not None and not self._on_gpu():
+                strategy, reason, figures = fine_tune_within(
+                    budget, net.to(memory_format=torch.channels_last), strategy=strategy, reason=reason,
+                    n_train=n_train, n_val=n_val, input_size=input_size)
+                self.plan_.update(figures)
+            self.plan_.update({"chosen": strategy, "reason": reason})
             console.print(f"[bold]Strategy[/bold] {strategy} ({reason}).", highlight=False)
+        if budget is not None:
+            console.print(f"Time budget: {format_seconds(budget)} for training (--time-budget; 'none' for no limit).",
+                          highlight=False)
         if epochs is None:
             epochs = default_epochs(strategy, n_train)
         if strategy == "linear_probe":
@@ -384,13 +412,15 @@ class ImageClassifier(ClassifierEstimator):
                 num_workers=self.num_workers, device=fabric.device, console=console, progress=self.progress)
             return solve_linear_head(model.model.get_classifier(), features, labels, val_features,
                                      torch.as_tensor(val_set.labels), n_views=n_views, class_weight=weight,
-                                     seed=self.seed)
+                                     seed=self.seed,
+                                     store=extractor.store if extractor is not None and extractor.cache_features else None)
 
         return TrainingTask(
             dataset=lambda epoch: train_set,
             batches=lambda epoch: shuffled_batches(len(train_set), self.batch_size, seed=self.seed, epoch=epoch),
             step=step, validate=validate, solve_head=solve, channels_last=True,
             num_workers=auto_num_workers(len(train_set)) if self.num_workers is None else self.num_workers,
+            val_items=len(val_set),
             fingerprint=self._run_fingerprint(splits.classes, len(splits.train), len(splits.val)))
 
     def _feature_extractor(self, model: torch.nn.Module, preprocessing: Preprocessing, architecture: str, *,
@@ -398,7 +428,7 @@ class ImageClassifier(ClassifierEstimator):
         """Frozen features through the store and the fastest runtime (one CPU process only). With a GPU in use the
         torch loop runs instead, except for a scikit-learn head on ``accelerator="auto"``: the head runs on the CPU
         anyway, so its features do too (found on an H100: such a head was refused whenever a GPU was present)."""
-        gpu = self.accelerator not in ("auto", "cpu") or (self.accelerator == "auto" and torch.cuda.is_available())
+        gpu = self._on_gpu()
         if self.devices > 1 or (gpu and (self.head == "linear" or self.accelerator != "auto")):
             return None
         store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
@@ -561,18 +591,10 @@ class ImageClassifier(ClassifierEstimator):
         classifier.classes_ = list(classes)
         classifier.preprocessing_ = preprocessing
         classifier.history_ = history
-        classifier.strategy_ = "linear_probe"
-        classifier.stages_ = []
-        classifier.epochs_ = 1
-        classifier.best_epoch_ = 1
+        classifier.strategy_, classifier.stages_, classifier.epochs_, classifier.best_epoch_ = "linear_probe", [], 1, 1
         classifier.backbone_spec_ = backbone_spec
-        classifier.train_config_ = {}
-        classifier.metrics_ = metrics
-        classifier.temperature_ = 1.0
-        classifier.calibration_ = None
-        classifier.head_ = None
-        classifier.validation_ = validation
-        classifier.adaptation_ = adaptation
-        classifier.skipped_ = []
-        classifier.is_main_process_ = True
+        classifier.train_config_, classifier.metrics_ = {}, metrics
+        classifier.temperature_, classifier.calibration_, classifier.head_ = 1.0, None, None
+        classifier.validation_, classifier.adaptation_ = validation, adaptation
+        classifier.skipped_, classifier.is_main_process_ = [], True
         return classifier

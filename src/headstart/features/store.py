@@ -5,6 +5,8 @@ Layout under the cache root (``$HEADSTART_CACHE``, else ``~/.cache/headstart``):
     features/<key digest>/key.json            what the features are: architecture, weights digest,
                                               preprocessing, view (centre crop, mirror, augmented view k)
     features/<key digest>/shard-*.safetensors  rows of features + the content digest of each row's file
+    heads/<solve digest>.safetensors           a solved linear head (weights + how it was chosen), keyed by the
+                                              digest of everything the solve reads (features, labels, options)
 
 A file is identified by the digest of its bytes, not its path: renaming or copying a file reuses its features,
 and editing it (same path, new bytes) computes new ones. Every shard is written whole under a unique name
@@ -28,12 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from headstart.errors import ParameterError
 from headstart.storage import (
     atomic_save_tensors,
     atomic_write_json,
     load_tensors,
+    load_tensors_and_metadata,
     read_json,
 )
 
@@ -215,6 +219,30 @@ class FeatureStore:
         for shard in shards:
             shard.unlink(missing_ok=True)
 
+    @property
+    def heads_dir(self) -> Path:
+        return self.root / "heads"
+
+    def lookup_head(self, digest: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """A solved head stored under ``digest`` (its tensors and metadata), or None. An unreadable entry (a
+        format change, a truncated disk) counts as absent: the head is solved again and the entry replaced."""
+        path = self.heads_dir / f"{digest}.safetensors"
+        if not path.is_file():
+            return None
+        try:
+            tensors, strings = load_tensors_and_metadata(path)
+            metadata = json.loads(strings.get("headstart", "null"))
+        except (OSError, ValueError, RuntimeError, SafetensorError):
+            return None
+        return (tensors, metadata) if isinstance(metadata, dict) else None
+
+    def add_head(self, digest: str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+        """Store a solved head under ``digest`` (atomically; a concurrent writer of the same solve writes the
+        same bytes)."""
+        self.heads_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors(self.heads_dir / f"{digest}.safetensors", tensors,
+                            metadata={"headstart": json.dumps(metadata)})
+
     def info(self) -> list[dict[str, Any]]:
         """One entry per cached key: what it is, how many files, how many bytes on disk."""
         entries = []
@@ -244,6 +272,7 @@ class FeatureStore:
                 removed += 1
         if architecture is None:
             shutil.rmtree(self.root / "runtimes", ignore_errors=True)
+            shutil.rmtree(self.heads_dir, ignore_errors=True)
         return removed
 
     def size_bytes(self) -> int:

@@ -8,7 +8,7 @@ record their solved head the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from torch import nn
 from headstart.evaluation.metrics import log_loss
 from headstart.training.heads import fit_linear_head
 from headstart.training.loop import StepOutput, Validation
+
+if TYPE_CHECKING:
+    from headstart.features.store import FeatureStore
 
 __all__ = ["inverse_frequency_weights", "classification_step", "classification_scores", "solve_linear_head",
            "head_record"]
@@ -72,7 +75,8 @@ def _probabilities(head: nn.Module, features: torch.Tensor) -> np.ndarray:
 
 def solve_linear_head(head: nn.Linear, train_features: torch.Tensor, train_labels: torch.Tensor,
                       val_features: torch.Tensor, val_labels: torch.Tensor, *, n_views: int = 1,
-                      class_weight: torch.Tensor | None = None, seed: int = 0) -> Validation:
+                      class_weight: torch.Tensor | None = None, seed: int = 0,
+                      store: FeatureStore | None = None) -> Validation:
     """Solve ``head`` on frozen features (penalty by cross-validation, :func:`~headstart.training.heads.fit_linear_head`),
     copy the solution into it, and score it: one history record.
 
@@ -80,9 +84,10 @@ def solve_linear_head(head: nn.Linear, train_features: torch.Tensor, train_label
         head: the network's linear classifier (any device); it is overwritten.
         train_features, train_labels: ``n_views`` views of every training example, view-major.
         val_features, val_labels: the validation examples.
+        store: where the solve is stored and found again by a re-run on the same features (None: not stored).
     """
     fit = fit_linear_head(train_features, train_labels, n_classes=head.out_features, n_views=n_views,
-                          class_weight=None if class_weight is None else class_weight.cpu(), seed=seed)
+                          class_weight=None if class_weight is None else class_weight.cpu(), seed=seed, store=store)
     with torch.no_grad():
         head.weight.copy_(fit.weight.to(head.weight))
         head.bias.copy_(fit.bias.to(head.bias))

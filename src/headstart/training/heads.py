@@ -5,20 +5,30 @@ convergence: multinomial logistic regression with an L2 penalty, by full-batch L
 the training data alone by stratified k-fold cross-validation of the log loss, with the one-standard-error
 rule (the strongest penalty whose CV loss is within one standard error of the best), which favours the simpler
 model when the folds cannot tell candidates apart, as they usually cannot with a few hundred images.
+
+Given a :class:`~headstart.features.store.FeatureStore`, a solve is stored under the digest of everything it
+reads (feature and label bytes, classes, views, class weights, grid, folds, seed, solver version): a re-run on
+the same data reads its head and CV table back instead of solving again (the solve is deterministic, so the
+result is the same either way).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from headstart.models.heads import SKLEARN_HEADS, plain_value
+
+if TYPE_CHECKING:
+    from headstart.features.store import FeatureStore
 
 __all__ = [
     "L2_GRID",
@@ -32,6 +42,8 @@ __all__ = [
 SMALL_SOLVE = 4_000_000
 # Penalty on 0.5 * ||W||^2 added to the mean cross-entropy; features of ImageNet CNNs have norms of ~10-30.
 L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+# Part of every stored solve's digest: bump it when the solver's result for the same inputs changes.
+SOLVER_VERSION = 2
 
 
 @dataclass
@@ -104,6 +116,7 @@ def fit_linear_head(
     grid: tuple[float, ...] = L2_GRID,
     n_folds: int = 5,
     seed: int = 0,
+    store: FeatureStore | None = None,
 ) -> LinearHeadFit:
     """Fit an L2-regularised multinomial logistic regression, choosing the penalty by cross-validation.
 
@@ -116,13 +129,45 @@ def fit_linear_head(
         grid: candidate penalties.
         n_folds: folds (reduced when the smallest class has fewer images).
         seed: fold assignment.
+        store: where solves are stored and found again (None: always solve).
 
     Returns:
         The head refitted on all rows with the chosen penalty, and the CV table.
     """
+    features, labels = features.detach().cpu(), labels.detach().cpu()
+    options = {"n_classes": n_classes, "n_views": n_views, "grid": list(grid), "n_folds": n_folds, "seed": seed,
+               "class_weight": None if class_weight is None else class_weight.detach().cpu().double().tolist()}
+    digest = _solve_digest(features, labels, options) if store is not None else ""
+    if store is not None and (stored := _stored_fit(store, digest)) is not None:
+        return stored
     with _threads_for(features.numel()):
-        return _fit_linear_head(features.detach().cpu(), labels.detach().cpu(), n_classes=n_classes, n_views=n_views,
-                                class_weight=class_weight, grid=grid, n_folds=n_folds, seed=seed)
+        fit = _fit_linear_head(features, labels, n_classes=n_classes, n_views=n_views, class_weight=class_weight,
+                               grid=grid, n_folds=n_folds, seed=seed)
+    if store is not None:
+        store.add_head(digest, {"weight": fit.weight, "bias": fit.bias},
+                       {"l2": fit.l2, "cv": fit.cv, "folds": fit.folds, "options": options})
+    return fit
+
+
+def _solve_digest(features: torch.Tensor, labels: torch.Tensor, options: dict[str, Any]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps({"solver": SOLVER_VERSION, "dtype": str(features.dtype), "shape": list(features.shape),
+                              **options}, sort_keys=True).encode())
+    digest.update(features.contiguous().numpy().tobytes())
+    digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _stored_fit(store: FeatureStore, digest: str) -> LinearHeadFit | None:
+    found = store.lookup_head(digest)
+    if found is None:
+        return None
+    tensors, metadata = found
+    try:
+        return LinearHeadFit(weight=tensors["weight"], bias=tensors["bias"], l2=float(metadata["l2"]),
+                             cv=list(metadata["cv"]), folds=int(metadata["folds"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @contextmanager

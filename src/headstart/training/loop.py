@@ -6,6 +6,8 @@ them: the stages of the recipe (:mod:`headstart.training.recipes`), AdamW with d
 a warm-up + cosine schedule per stage (:mod:`headstart.training.optim`), mixed precision and data-parallel
 processes through Fabric (``devices``, ``precision``, ``accelerator``), the best epoch by the monitored validation
 score, patience counted in the last stage, and a checkpoint after every epoch (:mod:`headstart.training.checkpoints`).
+With a ``time_budget``, each trained stage runs only the epochs that fit in what is left of it, measured on the
+stage's first steps before it starts (:mod:`headstart.training.budget`).
 Each epoch's shuffling and augmentation are seeded from (seed, epoch), so a run resumed after epoch N replays
 epochs N+1... exactly as the uninterrupted run would.
 """
@@ -17,7 +19,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from headstart.training.checkpoints import (
     save_best_weights,
     save_checkpoint,
 )
+from headstart.training.budget import decide_epochs, format_seconds
 from headstart.training.optim import lr_factor, parameter_groups
 from headstart.training.recipes import Stage
 
@@ -67,6 +70,7 @@ class TrainConfig:
     devices: int = 1
     accelerator: str = "auto"
     precision: str = "32-true"
+    time_budget: float | None = None  # seconds for the whole loop (None: no limit)
 
     @property
     def mode(self) -> str:
@@ -82,6 +86,9 @@ class TrainConfig:
                 extra = " or None (no early stopping)" if name == "patience" else ""
                 raise ParameterError(f"The '{name}' parameter of {owner} must be an integer >= {low}{extra}."
                                      f" Got {value!r}.", fix=f"Pass --{name.replace('_', '-')} {max(low, 1)} or more.")
+        if self.time_budget is not None and not (isinstance(self.time_budget, (int, float)) and self.time_budget > 0):
+            raise ParameterError(f"The 'time_budget' of {owner}'s training loop must be a positive number of seconds"
+                                 f" or None. Got {self.time_budget!r}.", fix="Pass e.g. --time-budget 600.")
 
 
 @dataclass
@@ -119,6 +126,7 @@ class TrainingTask:
         num_workers: data-loading worker processes.
         find_unused_parameters: data-parallel runs of networks with parameters a loss never reaches.
         channels_last: move the network to channels-last memory on the CPU (image CNNs run faster).
+        val_items: validation examples, for the time budget's estimate of an epoch's validation pass.
     """
 
     dataset: Callable[[int], Dataset]
@@ -131,6 +139,7 @@ class TrainingTask:
     num_workers: int = 0
     find_unused_parameters: bool = False
     channels_last: bool = False
+    val_items: int = 0
 
 
 @dataclass
@@ -146,6 +155,7 @@ class TrainState:
     stopped_early: bool = False
     finished: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    budget: list[dict[str, Any]] = field(default_factory=list)  # the time budget's decisions, one per stage
 
 
 @dataclass
@@ -240,6 +250,7 @@ class _Trainer:
         self.best_payload: Any = None
         self.saved_optimizer: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.started, self.seconds_before = time.perf_counter(), 0.0  # elapsed = before a resume + since
 
     # -- resume ------------------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -255,6 +266,10 @@ class _Trainer:
                 self.console.print(f"No checkpoint in {self.run_dir} yet: starting the run from the beginning.")
             return
         self.state = TrainState(**checkpoint.state)
+        self.seconds_before = sum(float(record.get("seconds", 0.0)) for record in self.state.history)
+        for decision in self.state.budget:  # stages the budget shortened stay shortened
+            index = int(decision["index"])
+            self.stages[index] = replace(self.stages[index], epochs=max(1, int(decision["epochs"])))
         self.best_file = checkpoint.best_file
         self.net.load_state_dict(checkpoint.model_state())
         self.saved_optimizer = checkpoint.optimizer_state()
@@ -271,8 +286,70 @@ class _Trainer:
                                    trainable_groups=stage.trainable_groups, freeze_batchnorm=stage.freeze_batchnorm)
             if stage.solve:
                 self._solve_stage(stage)
+            elif self._fits_budget(stage):
+                self._train_stage(self.stages[self.state.stage_index])
             else:
-                self._train_stage(stage)
+                self.state.finished = True
+
+    # -- the time budget -----------------------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def _fits_budget(self, stage: Stage) -> bool:
+        """At a stage's start under a budget: measure its epoch time, shorten it to the epochs that fit; False
+        when not one does (the stage and those after it are skipped)."""
+        budget = self.config.time_budget
+        index = self.state.stage_index
+        if budget is None or self.state.epoch_in_stage > 0 or any(d["index"] == index for d in self.state.budget):
+            return True
+        seconds = float(self.fabric.broadcast(self._measure_epoch_seconds(), src=0))
+        decision = decide_epochs(stage.name, stage.epochs, seconds, budget - self._elapsed(), budget)
+        self.state.budget.append({"index": index, **decision.to_dict()})
+        if self.show:
+            self.console.print(decision.message(), highlight=False, markup=False)
+        if decision.epochs == 0:
+            return False
+        self.stages[index] = replace(stage, epochs=decision.epochs)
+        return True
+
+    def _measure_epoch_seconds(self, probe_steps: int = 3) -> float:
+        """An epoch's seconds, from timing the first ``probe_steps`` forward + backward steps of the stage's real
+        batches (no optimizer step; the weights, BatchNorm statistics and gradients are put back afterwards)."""
+        saved = {name: value.detach().clone() for name, value in self.net.state_dict().items()}
+        loader, steps = self._loader(self.state.epoch)
+        times: list[float] = []
+        self.net.train()
+        started = time.perf_counter()
+        for step, batch in enumerate(loader):
+            with self.fabric.autocast():
+                output = self.task.step(self.net, batch)
+            output.loss.backward()
+            now = time.perf_counter()
+            times.append(now - started)
+            started = now
+            if step + 1 >= probe_steps:
+                break
+        del loader
+        self.net.zero_grad(set_to_none=True)
+        self.net.load_state_dict(saved)
+        if not times:
+            return 0.0
+        per_step = float(np.mean(times[1:])) if len(times) > 1 else times[0]
+        validation = self.task.val_items / max(1, self.config.batch_size) * per_step / 3  # forward only
+        return times[0] + (steps - 1) * per_step + validation
+
+    def _over_budget_after(self, record: dict[str, Any]) -> bool:
+        """Between epochs: True (and printed) when another epoch like the last one would overrun the budget."""
+        budget = self.config.time_budget
+        if budget is None or self._elapsed() + float(record["seconds"]) <= budget:
+            return False
+        if self.show:
+            self.console.print(f"Time budget: stopping after epoch {record['epoch']}: another would take"
+                               f" ~{format_seconds(record['seconds'])} and {format_seconds(max(0, budget - self._elapsed()))}"
+                               f" of the {format_seconds(budget)} budget are left (--time-budget).", highlight=False)
+        self.state.budget.append({"index": self.state.stage_index, "stage": record["stage"], "stopped_after_epoch":
+                                  record["epoch"], "epochs": self.state.epoch_in_stage})
+        return True
 
     def _solve_stage(self, stage: Stage) -> None:
         """A frozen head solved to convergence on cached features: one step, recorded as one epoch."""
@@ -305,22 +382,20 @@ class _Trainer:
                            "seconds": round(time.perf_counter() - started, 2)})
             if self._end_epoch(record, validation.payload):
                 break
+            if self.fabric.broadcast(self._over_budget_after(record), src=0):
+                self.state.finished = True
+                break
 
     def _train_epoch(self, module: nn.Module, optimizer: Any, stage: Stage, steps: int,
                      schedule: tuple[int, int]) -> dict[str, Any]:
         epoch, fabric = self.state.epoch, self.fabric
-        seed = _seed_epoch(self.config.seed, epoch)
-        batches = shard_batches(self.task.batches(epoch), fabric.global_rank, fabric.world_size)
-        loader = DataLoader(self.task.dataset(epoch), batch_sampler=batches, collate_fn=self.task.collate,
-                            num_workers=self.task.num_workers, generator=torch.Generator().manual_seed(seed),
-                            pin_memory=fabric.device.type == "cuda")
-        loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=True)
+        loader, n_batches = self._loader(epoch)
         self.net.train()
         totals = torch.zeros(3, device=fabric.device)  # loss sum, correct answers, examples
         counted = False
         factor = 1.0
         with _progress(self.console, self.show) as bar:
-            task = bar.add_task(f"epoch {epoch + 1} [{stage.name}]", total=len(batches), info="")
+            task = bar.add_task(f"epoch {epoch + 1} [{stage.name}]", total=n_batches, info="")
             for step, batch in enumerate(loader):
                 factor = lr_factor(self.state.epoch_in_stage * steps + step, schedule[0], warmup_steps=schedule[1])
                 for group in optimizer.param_groups:
@@ -348,6 +423,16 @@ class _Trainer:
             record["train_accuracy"] = float(totals[1] / totals[2].clamp(min=1))
         record["lr"] = stage.lr * factor
         return record
+
+    def _loader(self, epoch: int) -> tuple[Any, int]:
+        """This process's batches of ``epoch`` (seeded by it), on the device, and how many there are."""
+        fabric = self.fabric
+        seed = _seed_epoch(self.config.seed, epoch)
+        batches = shard_batches(self.task.batches(epoch), fabric.global_rank, fabric.world_size)
+        loader = DataLoader(self.task.dataset(epoch), batch_sampler=batches, collate_fn=self.task.collate,
+                            num_workers=self.task.num_workers, generator=torch.Generator().manual_seed(seed),
+                            pin_memory=fabric.device.type == "cuda")
+        return fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=True), len(batches)
 
     def _all_finite(self, value: float) -> bool:
         """Whether every process's loss is finite: they must stop together, or the others would wait forever

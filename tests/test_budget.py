@@ -1,0 +1,137 @@
+"""The time budget: parsing ``time_budget``, how many epochs of a stage fit (measured on its first steps), a stage
+shortened or skipped inside the one training loop, and ``auto`` choosing the frozen head when fine-tuning would
+not fit on this machine."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import TINY_BACKBONE, tiny_params
+
+from headstart import ImageClassifier, ParameterError
+from headstart.models import create_backbone
+from headstart.models.classifier_net import ClassifierNet
+from headstart.training.budget import (
+    MIN_TUNE_EPOCHS,
+    decide_epochs,
+    fine_tune_within,
+    parse_time_budget,
+    resolve_time_budget,
+)
+from headstart.training.classification import classification_scores, classification_step
+from headstart.training.loop import TrainConfig, TrainingTask, Validation, shuffled_batches, train
+from headstart.training.recipes import plan_stages
+
+STEP_SECONDS = 0.03  # each training step sleeps this long, so an epoch's time is known to the test
+
+
+@pytest.mark.parametrize("value", ["5 minutes", "-3", -3, True, float("nan"), [300]])
+def test_a_bad_time_budget_names_the_parameter_and_the_fix(value: object) -> None:
+    with pytest.raises(ParameterError, match="time_budget") as info:
+        parse_time_budget(value)
+    assert repr(value) in str(info.value) and info.value.fix
+
+
+def test_time_budget_values() -> None:
+    assert [parse_time_budget(v) for v in ("90", "90s", "2m", "2 min", "0.5h", 45, "none", 0, None)] == [
+        90.0, 90.0, 120.0, 120.0, 1800.0, 45.0, None, None, None]
+    assert resolve_time_budget("auto", strategy="auto", on_gpu=True) == 1800.0
+    assert resolve_time_budget("10m", strategy="fine_tune", on_gpu=False) == 600.0
+    decision = decide_epochs("all", 6, 100.0, 350.0, 600.0)
+    assert decision.epochs == 3 and "shortened to 3 of 6" in decision.message()
+    assert decide_epochs("all", 6, 0.0, 1.0, 600.0).epochs == 6
+    with pytest.raises(ParameterError, match="time_budget"):
+        ImageClassifier(**tiny_params(time_budget="soon")).fit(".")
+
+
+def _net() -> ClassifierNet:
+    torch.manual_seed(0)
+    model, _ = create_backbone(TINY_BACKBONE, 2, weights="random")
+    return ClassifierNet(model)
+
+
+def _task(slow: bool) -> TrainingTask:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(80, 3, 32, 32, generator=generator)
+    labels = torch.arange(80) % 2
+    images[labels == 1] += 0.5
+    train_set = torch.utils.data.TensorDataset(images[:64], labels[:64])
+
+    def step(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN202
+        if slow:
+            time.sleep(STEP_SECONDS)
+        return classification_step(module, *batch, class_weight=None, label_smoothing=0.0)
+
+    def validate(module: torch.nn.Module, device: torch.device) -> Validation:
+        module.eval()
+        with torch.no_grad():
+            probabilities = module(images[64:]).softmax(-1)
+        return Validation(classification_scores(probabilities.numpy(), labels[64:].numpy()))
+
+    return TrainingTask(dataset=lambda epoch: train_set,
+                        batches=lambda epoch: shuffled_batches(len(train_set), 8, seed=0, epoch=epoch),
+                        step=step, validate=validate, val_items=16)
+
+
+def _config(budget: float | None) -> TrainConfig:
+    return TrainConfig(batch_size=8, patience=None, accelerator="cpu", time_budget=budget)
+
+
+def test_a_stage_is_shortened_to_the_epochs_that_fit() -> None:
+    # an epoch is 8 steps of >= 30 ms: ~0.25 s; 6 planned epochs take >= 1.5 s, the budget allows ~2-3
+    budget = 0.8
+    started = time.perf_counter()
+    state = train(_net(), _task(slow=True), stages=plan_stages("full", 6), config=_config(budget),
+                  progress=False).state
+    seconds = time.perf_counter() - started
+    decision = state.budget[0]
+    assert decision["planned_epochs"] == 6 and 1 <= decision["epochs"] < 6, decision
+    assert decision["epoch_seconds"] >= 8 * STEP_SECONDS * 0.9
+    assert len(state.history) <= decision["epochs"]
+    assert seconds < budget + 1.0  # the probe steps and one epoch's misestimate at most
+
+
+def test_a_stage_that_cannot_fit_is_skipped_and_the_solved_head_kept() -> None:
+    # a trained head stage of one ~0.25 s epoch fits in 0.45 s; four unfrozen epochs after it do not
+    stages = [replace(plan_stages("linear_probe", 1)[0], solve=False, epochs=1), *plan_stages("full", 4)]
+    state = train(_net(), _task(slow=True), stages=stages, config=_config(0.45), progress=False).state
+    assert [record["stage"] for record in state.history] == [stages[0].name]  # only the head stage ran
+    assert state.finished and state.best_epoch == 1 and state.budget[0] == {**state.budget[0], "epochs": 1}
+    assert any(d.get("epochs") == 0 or "stopped_after_epoch" in d for d in state.budget[1:] + state.budget[:1])
+
+
+def test_a_budget_that_fits_changes_nothing_about_the_run() -> None:
+    def losses(budget: float | None) -> list[float]:
+        history = train(_net(), _task(slow=False), stages=plan_stages("full", 2), config=_config(budget),
+                        progress=False).state.history
+        return [(record["train_loss"], record["val_loss"]) for record in history]
+
+    assert losses(None) == losses(3600.0)
+
+
+def test_auto_fine_tunes_only_when_two_unfrozen_epochs_fit() -> None:
+    net = _net()
+    before = {name: value.clone() for name, value in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    strategy, reason, figures = fine_tune_within(1.0, net, strategy="fine_tune", reason="2000 images",
+                                                 n_train=2000, n_val=500, input_size=64)
+    assert strategy == "linear_probe" and "budget" in reason and figures["train_images_per_second"] > 0
+    assert all(torch.equal(before[name], value) for name, value in net.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+    seconds = MIN_TUNE_EPOCHS * figures["estimated_epoch_seconds"] / 0.8 + 60
+    assert fine_tune_within(seconds, net, strategy="fine_tune", reason="x", n_train=2000, n_val=500,
+                            input_size=64)[0] == "fine_tune"
+
+
+def test_the_estimator_plan_records_the_budget_choice(sample_dir) -> None:  # noqa: ANN001
+    from rich.console import Console
+
+    classifier = ImageClassifier(**tiny_params(strategy="auto", time_budget=1, epochs=None))
+    strategy, _, stages = classifier._plan(3000, Console(quiet=True), net=_net(), n_val=500, input_size=64,
+                                           budget=classifier._time_budget_seconds())
+    assert strategy == "linear_probe" and [s.solve for s in stages] == [True]
+    assert classifier.plan_["chosen"] == "linear_probe" and classifier.plan_["time_budget_seconds"] == 1.0
+    assert "budget" in classifier.plan_["reason"] and classifier.plan_["train_images_per_second"] > 0
