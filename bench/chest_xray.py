@@ -35,9 +35,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--class-weights", choices=("both", "on", "off"), default="both")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--feature-layers", default="auto", help="last, all, k or auto (see ImageClassifier)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    results: dict[str, object] = {"machine": machine(), "strategy": args.strategy, "epochs": args.epochs}
+    results: dict[str, object] = {"machine": machine(), "strategy": args.strategy, "epochs": args.epochs,
+                                  "feature_layers": args.feature_layers}
 
     train, _ = scan_image_folder(args.data / "train")
     test, _ = scan_image_folder(args.data / "test", classes=train.classes)
@@ -57,16 +59,21 @@ def main() -> None:
 
     for class_weights in {"both": (False, True), "on": (True,), "off": (False,)}[args.class_weights]:
         started = time.perf_counter()
-        classifier = ImageClassifier(strategy=args.strategy, epochs=args.epochs, class_weights=class_weights)
+        classifier = ImageClassifier(strategy=args.strategy, epochs=args.epochs, class_weights=class_weights,
+                                     feature_layers=args.feature_layers)
         # chest_xray has only train/ and test/: fitting on train/ holds out 20% of it for validation
         classifier.fit(args.data / "train", out=args.out / f"class_weights_{class_weights}")
         metrics = classifier.evaluate(args.data / "test", out=args.out / f"class_weights_{class_weights}" / "test")
         seconds = time.perf_counter() - started
         name = f"headstart {classifier.strategy_} ({len(classifier.history_)} ep), class weights {'on' if class_weights else 'off'}"
         metrics["wall_seconds"] = round(seconds, 1)
+        selection = classifier.history_[0].get("head_selection", {}).get("feature_layers")
+        metrics["feature_layers"] = selection  # chosen on training data (CV), with each candidate's CV log loss
+        metrics["validation_accuracy"] = classifier.history_[classifier.best_epoch_ - 1]["val_accuracy"]
         results[name] = metrics
         recall = {c: round(v["recall"]["value"], 3) for c, v in metrics["per_class"].items()}
-        print(show(name, metrics) + f"  recall {recall}  {seconds:.0f}s")
+        print(show(name, metrics) + f"  recall {recall}  {seconds:.0f}s  val accuracy"
+              f" {metrics['validation_accuracy']:.4f}  layers {selection and selection['chosen']}")
     write_results(args.json, results)
 
 

@@ -105,6 +105,12 @@ class EstimatorBase:
                 bounds = f"({low:g}, {high:g})" if open_interval else f"[{low:g}, {high:g}]"
                 raise self._bad(name, f"a number in {bounds}" + (" or None" if optional else ""))
 
+    def _on_gpu(self) -> bool:
+        """Whether this estimator's ``accelerator`` puts training on a GPU here."""
+        import torch
+
+        return self.accelerator not in ("auto", "cpu") or (self.accelerator == "auto" and torch.cuda.is_available())
+
     def _bad(self, name: str, expected: str) -> ParameterError:
         """The error for parameter ``name`` that is not ``expected``."""
         return ParameterError(

@@ -22,47 +22,27 @@ import torch
 from rich.console import Console
 
 from headstart.bundle import load_bundle, save_bundle, validation_reference
-from headstart.data.images import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    DatasetSplits,
-    scan_image_folder,
-)
+from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, DatasetSplits, scan_image_folder
 from headstart.errors import DataError, ParameterError, check_choice, check_integer
 from headstart.estimators.base import restores_state_on_failure
 from headstart.estimators.classification import ClassifierEstimator
 from headstart.evaluation.calibration import apply_temperature
-from headstart.evaluation.report import (
-    print_splits,
-)
-from headstart.features import (
-    RUNTIMES,
-    FeatureExtractor,
-    FeatureStore,
-    frozen_feature_size,
-    frozen_view_features,
-    view_names,
-)
+from headstart.evaluation.report import print_splits
+from headstart.features import (RUNTIMES, FeatureExtractor, FeatureStore, frozen_feature_size, frozen_view_features,
+                                view_names)
 from headstart.models import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
 from headstart.models.heads import HEADS, FeatureMLP
+from headstart.models.multilayer import (StageFeatures, check_feature_layers, describe_layer_choice, layer_plan,
+                                         with_feature_layers)
 from headstart.models.inference import predict_files
 from headstart.storage import atomic_write_json
 from headstart.training.budget import fine_tune_within, format_seconds, resolve_time_budget
 from headstart.training.checkpoints import CHECKPOINT_DIR
-from headstart.training.classification import (
-    classification_scores,
-    classification_step,
-    inverse_frequency_weights,
-    solve_linear_head,
-)
-from headstart.training.loop import (
-    StepOutput,
-    TrainConfig,
-    TrainingTask,
-    TrainState,
-    Validation,
-    shuffled_batches,
-)
-from headstart.training.recipes import NON_LORA_STRATEGIES as IMAGE_STRATEGIES
+from headstart.training.classification import (classification_scores, classification_step, inverse_frequency_weights,
+                                               solve_linear_head)
+from headstart.training.loop import StepOutput, TrainConfig, TrainingTask, TrainState, Validation, shuffled_batches
+from headstart.training.partial import partial_training_task, split_index
+from headstart.training.recipes import IMAGE_STRATEGIES
 from headstart.training.recipes import (
     Stage,
     choose_strategy,
@@ -79,7 +59,7 @@ class ImageClassifier(ClassifierEstimator):
     Args:
         backbone: a name from ``headstart backbones`` or ``timm:<model>``.
         strategy: ``auto`` (chosen from the dataset size), ``linear_probe``, ``fine_tune``, ``gradual_unfreeze``,
-            ``lp_ft`` or ``full`` (see :mod:`headstart.training.recipes`).
+            ``lp_ft``, ``full`` or ``partial`` (see :mod:`headstart.training.recipes`).
         head: ``linear`` (a linear layer; with a frozen backbone solved on cached features), or a scikit-learn
             head on frozen features: ``logistic``, ``linear_svm``, ``rbf_svm``, ``random_forest``, ``knn``
             (hyper-parameters chosen by cross-validation on the training images; implies ``linear_probe``).
@@ -118,6 +98,12 @@ class ImageClassifier(ClassifierEstimator):
             ``strategy="auto"``, 5 minutes on a CPU and 30 with a GPU (``auto`` then fine-tunes only when two
             unfrozen epochs fit, measured on this machine; :func:`~headstart.training.budget.fine_tune_within`);
             otherwise none. ``None``: no limit.
+        feature_layers: what the linear head reads: ``"last"`` (the backbone's pooled last layer), ``"all"`` (it
+            and the pooled output of every stage, Head2Toe; :mod:`headstart.models.multilayer`), k (the last layer
+            and the last k stages) or ``"auto"``: for a frozen backbone (``linear_probe``), ``last`` or ``all``,
+            whichever has the lower 5-fold CV log loss on the training images beyond its noise; else ``last``.
+        tune_blocks: ``strategy="partial"``: the last blocks that train; the frozen blocks' output is computed once
+            per view (centre, mirror and ``augmented_views`` random crops, 2 when 0) and epochs cycle through them.
         progress: show progress bars and per-epoch lines.
     """
 
@@ -154,6 +140,8 @@ class ImageClassifier(ClassifierEstimator):
         cache_dir: str | os.PathLike[str] | None = None,
         calibrate: bool = True,
         time_budget: float | str | None = "auto",
+        feature_layers: str | int = "auto",
+        tune_blocks: int = 2,
         progress: bool = True,
     ) -> None:
         self.backbone = backbone
@@ -184,6 +172,8 @@ class ImageClassifier(ClassifierEstimator):
         self.cache_dir = cache_dir
         self.calibrate = calibrate
         self.time_budget = time_budget
+        self.feature_layers = feature_layers
+        self.tune_blocks = tune_blocks
         self.progress = progress
 
     # -- scikit-learn conventions -------------------------------------------------------------------------
@@ -191,6 +181,7 @@ class ImageClassifier(ClassifierEstimator):
         check_choice("ImageClassifier", "strategy", self.strategy, ("auto", *IMAGE_STRATEGIES))
         check_choice("ImageClassifier", "head", self.head, HEADS)
         check_choice("ImageClassifier", "runtime", self.runtime, RUNTIMES)
+        check_feature_layers(self.feature_layers)
         if self.head != "linear" and self.strategy not in ("auto", "linear_probe"):
             raise ParameterError(
                 f"The head {self.head!r} is a scikit-learn model on frozen features, so it cannot be trained with"
@@ -212,9 +203,6 @@ class ImageClassifier(ClassifierEstimator):
         return TrainConfig(batch_size=self.batch_size, weight_decay=self.weight_decay, patience=self.patience,
                            monitor=self.monitor, seed=self.seed, devices=self.devices, accelerator=self.accelerator,
                            precision=self.precision, time_budget=self._time_budget_seconds())
-
-    def _on_gpu(self) -> bool:
-        return self.accelerator not in ("auto", "cpu") or (self.accelerator == "auto" and torch.cuda.is_available())
 
     def _time_budget_seconds(self) -> float | None:
         return resolve_time_budget(self.time_budget, strategy=self.strategy, on_gpu=self._on_gpu())
@@ -263,6 +251,10 @@ class ImageClassifier(ClassifierEstimator):
         strategy, epochs, stages = self._plan(len(splits.train), console, net=net,
                                               n_val=len(splits.val), input_size=spec.preprocessing().input_size,
                                               budget=config.time_budget)
+        model = with_feature_layers(model, self.feature_layers, strategy=strategy, head=self.head,
+                                    num_classes=len(splits.classes))
+        net = net if model is net.model else ClassifierNet(model)
+        net.split = split_index(model, self.tune_blocks) if strategy == "partial" else None
         preprocessing = self._input_preprocessing(spec, strategy, console)
         console.print(f"[bold]Backbone[/bold] {spec.name} ({spec.timm_id}), weights from {source.description}; "
                       f"input {preprocessing.input_size}px.")
@@ -289,14 +281,11 @@ class ImageClassifier(ClassifierEstimator):
             self.is_main_process_, self.processes_ = result.is_main_process, result.world_size
         self.features_report_ = extractor.report.to_dict() if extractor is not None else None
         self.model_ = model.cpu().to(memory_format=torch.contiguous_format).eval()
-        self.classes_ = list(splits.classes)
-        self.preprocessing_ = preprocessing
+        self.classes_, self.preprocessing_, self.skipped_ = list(splits.classes), preprocessing, list(splits.skipped)
         self.history_, self.best_epoch_ = state.history, state.best_epoch
         self.strategy_, self.epochs_ = strategy, epochs
-        self.skipped_ = list(splits.skipped)
         self.validation_ = validation_reference(splits.val.paths, splits.val.labels, kind="files")
-        self.train_config_ = asdict(config)
-        self.stages_ = [s.to_dict() for s in stages]
+        self.train_config_, self.stages_ = asdict(config), [s.to_dict() for s in stages]
         # The restored epoch's validation predictions are kept by the loop; recompute only after a resume.
         self.temperature_ = 1.0
         probabilities = payload if payload is not None else self.predict_proba(splits.val.paths)
@@ -338,8 +327,9 @@ class ImageClassifier(ClassifierEstimator):
             console.print("Linear probe: the head is solved on cached frozen features." if self.head == "linear" else
                           f"Frozen features + scikit-learn {self.head} head, chosen by cross-validation.")
         else:
-            console.print(f"Epochs: {epochs}" + (" unfrozen, after one frozen head stage." if strategy == "fine_tune"
-                                                 else "."))
+            after = {"fine_tune": " unfrozen", "partial": f" of the last {self.tune_blocks} blocks, on their cached input"}
+            console.print(f"Epochs: {epochs}{after.get(strategy, '')}"
+                          + (", after one frozen head stage." if strategy in after else "."), highlight=False)
         return strategy, epochs, plan_stages(strategy, epochs, lr=self.lr, lr_mult=self.lr_mult)
 
     def _input_preprocessing(self, spec: Any, strategy: str, console: Console) -> Preprocessing:
@@ -410,18 +400,26 @@ class ImageClassifier(ClassifierEstimator):
                 model, frozen_views, val_set, extractor=extractor if fabric.world_size == 1 and
                 fabric.device.type == "cpu" else None, view_names=views, batch_size=self.batch_size,
                 num_workers=self.num_workers, device=fabric.device, console=console, progress=self.progress)
-            return solve_linear_head(model.model.get_classifier(), features, labels, val_features,
-                                     torch.as_tensor(val_set.labels), n_views=n_views, class_weight=weight,
-                                     seed=self.seed,
-                                     store=extractor.store if extractor is not None and extractor.cache_features else None)
+            solved = solve_linear_head(model.model.get_classifier(), features, labels, val_features,
+                                       torch.as_tensor(val_set.labels), n_views=n_views, class_weight=weight,
+                                       seed=self.seed, layers=layer_plan(model.model, self.feature_layers),
+                                       store=extractor.store if extractor is not None and extractor.cache_features else None)
+            if line := describe_layer_choice(solved.record["head_selection"]):
+                console.print(line, highlight=False)
+            return solved
 
-        return TrainingTask(
+        task = TrainingTask(
             dataset=lambda epoch: train_set,
             batches=lambda epoch: shuffled_batches(len(train_set), self.batch_size, seed=self.seed, epoch=epoch),
             step=step, validate=validate, solve_head=solve, channels_last=True,
             num_workers=auto_num_workers(len(train_set)) if self.num_workers is None else self.num_workers,
-            val_items=len(val_set),
-            fingerprint=self._run_fingerprint(splits.classes, len(splits.train), len(splits.val)))
+            val_items=len(val_set), fingerprint=self._run_fingerprint(splits.classes, len(splits.train), len(splits.val)))
+        if net.split is None:
+            return task
+        return partial_training_task(  # partial fine-tuning: epochs of the top blocks on cached maps
+            task, net, images, paths=splits.train.paths, labels=splits.train.labels, val_set=val_set,
+            augmented_views=self.augmented_views or 2, batch_size=self.batch_size, seed=self.seed, class_weight=weight,
+            label_smoothing=self.label_smoothing, num_workers=self.num_workers, console=console)
 
     def _feature_extractor(self, model: torch.nn.Module, preprocessing: Preprocessing, architecture: str, *,
                            console: Console, cache_features: bool) -> FeatureExtractor | None:
@@ -544,6 +542,8 @@ class ImageClassifier(ClassifierEstimator):
         if getattr(self, "head_", None) is not None:
             return {"kind": "sklearn", "name": self.head, "backbone_classes": 0}
         classifier = self.model_.get_classifier()
+        if isinstance(self.model_, StageFeatures):
+            return {"kind": "linear", "feature_layers": "stages"}
         return classifier.config() if isinstance(classifier, FeatureMLP) else {"kind": "linear"}
 
     @classmethod

@@ -148,7 +148,7 @@ class FeatureExtractor:
                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.model = model.eval()
         self.preprocessing = preprocessing
-        self.architecture = architecture
+        self.architecture = architecture + getattr(model, "feature_tag", "")  # e.g. intermediate-layer features
         self.store = store
         self.cache_features = cache_features
         self.max_pixels = max_pixels

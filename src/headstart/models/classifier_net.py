@@ -24,6 +24,9 @@ class ClassifierNet(TransferMixin, nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # partial fine-tuning (headstart.training.partial): the first trainable block; the pretrained part is then
+        # two layer groups, the blocks before it and the rest, and forward takes {"maps": its cached input}
+        self.split: int | None = None
         # timm's initialisations scale the classifier by 1/sqrt(num_classes) (EfficientNet: std 0.41 for two
         # classes), which starts a new head with confident random logits. A small init starts it near uniform.
         for module in model.get_classifier().modules():
@@ -32,7 +35,14 @@ class ClassifierNet(TransferMixin, nn.Module):
                 nn.init.zeros_(module.bias)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
-        """The backbone's parameters in :data:`N_BACKBONE_GROUPS` groups, earliest first (timm's group matcher)."""
+        """The backbone's parameters in :data:`N_BACKBONE_GROUPS` groups, earliest first (timm's group matcher);
+        with a ``split``, two: the frozen blocks before it (with the stem) and the blocks from it on."""
+        if self.split is not None:
+            top = {id(p) for block in self.model.blocks[self.split:] for p in block.parameters()}
+            top |= {id(p) for name in ("conv_head", "bn2") for p in getattr(self.model, name).parameters()}
+            head = {id(p) for p in self.model.get_classifier().parameters()}
+            pretrained = [p for p in self.model.parameters() if id(p) not in head]
+            return [[p for p in pretrained if id(p) not in top], [p for p in pretrained if id(p) in top]]
         return layer_groups(self.model)[0]
 
     def pretrained_modules(self) -> list[nn.Module]:
@@ -47,7 +57,12 @@ class ClassifierNet(TransferMixin, nn.Module):
         return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits from images (batch, 3, H, W), or from cached :meth:`pooled_features` (batch, features)."""
+        """Logits from images (batch, 3, H, W), from cached :meth:`pooled_features` (batch, features), or with a
+        ``split`` from ``{"maps": the frozen blocks' cached output}``."""
+        if isinstance(images, dict):
+            from headstart.training.partial import forward_top
+
+            return forward_top(self.model, images["maps"], self.split)
         if images.ndim == 2:
             features = nn.functional.dropout(images, p=float(getattr(self.model, "drop_rate", 0.0)),
                                              training=self.training)
@@ -64,6 +79,10 @@ def layer_groups(model: nn.Module, n_groups: int = N_BACKBONE_GROUPS) -> tuple[l
 
     Uses timm's coarse group matcher (stem, stages/blocks, head), merged into ``n_groups`` nearly equal runs.
     """
+    from headstart.models.multilayer import StageFeatures
+
+    if isinstance(model, StageFeatures):  # intermediate-layer features: the groups of the timm model inside
+        return layer_groups(model.model, n_groups)[0], list(model.classifier.parameters())
     head = list(model.get_classifier().parameters())
     head_ids = {id(p) for p in head}
     named = dict(model.named_parameters())

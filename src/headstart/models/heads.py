@@ -68,11 +68,16 @@ def set_classifier(model: nn.Module, head: nn.Module) -> nn.Module:
 
 def rebuild_image_classifier(config: dict[str, Any], files: Any = None) -> nn.Module:
     """The timm model an image-classifier bundle describes (random weights), with its head: linear, the
-    :class:`FeatureMLP` of domain adaptation, or none (a scikit-learn head reads the pooled features)."""
+    :class:`FeatureMLP` of domain adaptation, a linear head on intermediate layers, or none (a scikit-learn head reads the pooled features)."""
     import timm
 
     head = config.get("head") or {"kind": "linear"}
     num_classes = int(head.get("backbone_classes", len(config["classes"])))
+    if head.get("feature_layers"):  # a linear head on intermediate-layer features (Head2Toe)
+        from headstart.models.multilayer import StageFeatures
+
+        return StageFeatures(timm.create_model(config["architecture"], pretrained=False, num_classes=0),
+                             num_classes=num_classes)
     model = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes)
     if head.get("kind") == "mlp":
         # the pooled width (timm's head_hidden_size) differs from num_features for e.g. MobileNetV3, VGG

@@ -76,7 +76,8 @@ def _probabilities(head: nn.Module, features: torch.Tensor) -> np.ndarray:
 def solve_linear_head(head: nn.Linear, train_features: torch.Tensor, train_labels: torch.Tensor,
                       val_features: torch.Tensor, val_labels: torch.Tensor, *, n_views: int = 1,
                       class_weight: torch.Tensor | None = None, seed: int = 0,
-                      store: FeatureStore | None = None) -> Validation:
+                      store: FeatureStore | None = None,
+                      layers: tuple[list[tuple[int, int]], dict[str, list[int]]] | None = None) -> Validation:
     """Solve ``head`` on frozen features (penalty by cross-validation, :func:`~headstart.training.heads.fit_linear_head`),
     copy the solution into it, and score it: one history record.
 
@@ -85,11 +86,57 @@ def solve_linear_head(head: nn.Linear, train_features: torch.Tensor, train_label
         train_features, train_labels: ``n_views`` views of every training example, view-major.
         val_features, val_labels: the validation examples.
         store: where the solve is stored and found again by a re-run on the same features (None: not stored).
+        layers: for intermediate-layer features (:class:`~headstart.models.multilayer.StageFeatures`): the column
+            range of each layer (the last layer first) and the candidate layer sets; the set chosen is the one
+            with the lowest CV log loss, where a set larger than the first must beat the first by more than its
+            standard error. The head's weights on the layers not chosen are zero.
     """
-    fit = fit_linear_head(train_features, train_labels, n_classes=head.out_features, n_views=n_views,
-                          class_weight=None if class_weight is None else class_weight.cpu(), seed=seed, store=store)
+    def fit(features: torch.Tensor) -> Any:
+        return fit_linear_head(features, train_labels, n_classes=head.out_features, n_views=n_views,
+                               class_weight=None if class_weight is None else class_weight.cpu(), seed=seed,
+                               store=store)
+
+    if layers is None:
+        solution = fit(train_features)
+        weight, selection = solution.weight, solution.summary()
+    else:
+        weight, selection = _solve_layer_sets(fit, train_features, *layers)
+        solution = selection.pop("fit")
     with torch.no_grad():
-        head.weight.copy_(fit.weight.to(head.weight))
-        head.bias.copy_(fit.bias.to(head.bias))
+        head.weight.copy_(weight.to(head.weight))
+        head.bias.copy_(solution.bias.to(head.bias))
     return head_record(_probabilities(head, train_features), train_labels.numpy(), _probabilities(head, val_features),
-                       val_labels.numpy(), selection=fit.summary())
+                       val_labels.numpy(), selection=selection)
+
+
+def _solve_layer_sets(fit: Any, features: torch.Tensor, bounds: list[tuple[int, int]],
+                      candidates: dict[str, list[int]]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Each candidate layer set solved on its columns, every layer rescaled to the last layer's mean feature
+    variance (Head2Toe's per-layer normalisation, here folded into the weights); the chosen set's weights on
+    the full width (zeros elsewhere), and the selection record."""
+    variances = [float(features[:, a:b].double().var(dim=0).mean()) for a, b in bounds]
+    scales = [(variances[0] / max(v, 1e-12)) ** 0.5 for v in variances]
+    table, fits = [], {}
+    for name, indices in candidates.items():
+        columns = torch.cat([features[:, bounds[i][0]:bounds[i][1]] * scales[i] for i in indices], dim=1)
+        fits[name] = fit(columns)
+        best = min(fits[name].cv, key=lambda row: row["cv_log_loss"]) if fits[name].cv else {}
+        table.append({"layers": name, "n_layers": len(indices), "dim": int(columns.shape[1]),
+                      "cv_log_loss": best.get("cv_log_loss"), "standard_error": best.get("standard_error")})
+    chosen = table[0]
+    for row in table[1:]:
+        if (row["cv_log_loss"] is not None and chosen["cv_log_loss"] is not None
+                and row["cv_log_loss"] < chosen["cv_log_loss"] - chosen["standard_error"]):
+            chosen = row
+    solution = fits[chosen["layers"]]
+    weight = torch.zeros(solution.weight.shape[0], bounds[-1][1])
+    start = 0
+    for i in candidates[chosen["layers"]]:
+        width = bounds[i][1] - bounds[i][0]
+        weight[:, bounds[i][0]:bounds[i][1]] = solution.weight[:, start:start + width] * scales[i]
+        start += width
+    selection = {**solution.summary(), "feature_layers": {"chosen": chosen["layers"], "candidates": table,
+                                                          "rule": "lowest CV log loss; a larger set must beat"
+                                                                  " the first by more than its standard error"},
+                 "fit": solution}
+    return weight, selection

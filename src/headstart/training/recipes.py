@@ -15,6 +15,8 @@ a list of :class:`Stage` objects, planned in one place (:func:`plan_stages`):
   move as little as the task needs.
 - ``full``: everything from the start with one learning rate (the default for random weights).
 - ``lora``: text and audio transformers: the head first, then only low-rank adapters (peft) and the head.
+- ``partial``: images, Lee et al. 2023's surgical fine-tuning: the head first, then only the last blocks
+  (``tune_blocks``) on the frozen blocks' cached output (:mod:`headstart.training.partial`); stage ``top``.
 
 Discriminative learning rates: pretrained group ``d`` groups below the new part learns at ``lr * lr_mult ** d``.
 What a task's ``lr`` means and its defaults are its :class:`Recipe`.
@@ -28,12 +30,14 @@ from typing import Any
 from headstart.errors import ParameterError, check_choice
 from headstart.models.classifier_net import N_BACKBONE_GROUPS
 
-__all__ = ["STRATEGIES", "NON_LORA_STRATEGIES", "Stage", "Recipe", "IMAGE_RECIPE", "FINE_TUNE_MIN_EXAMPLES",
+__all__ = ["STRATEGIES", "NON_LORA_STRATEGIES", "IMAGE_STRATEGIES", "Stage", "Recipe", "IMAGE_RECIPE", "FINE_TUNE_MIN_EXAMPLES",
            "plan_stages", "choose_strategy", "default_epochs"]
 
 STRATEGIES = ("linear_probe", "fine_tune", "gradual_unfreeze", "lp_ft", "full", "lora")
 # lora needs a transformers model (text, transformers audio); everything else works for every network
 NON_LORA_STRATEGIES = STRATEGIES[:-1]
+# image classification's: partial fine-tuning caches a CNN's frozen blocks (timm's EfficientNet family)
+IMAGE_STRATEGIES = (*NON_LORA_STRATEGIES, "partial")
 # Below this many training examples the solved linear head is the default: fine-tuning rarely beat it in our
 # measurements (docs/benchmarks.md) at a fraction of the cost, and it cannot overfit the backbone.
 FINE_TUNE_MIN_EXAMPLES = 1000
@@ -110,7 +114,7 @@ def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, lr_mult:
     >>> [(s.name, s.trainable_groups) for s in plan_stages("gradual_unfreeze", 3)]
     [('head', None), ('top-1', 1), ('top-2', 2), ('all', None)]
     """
-    check_choice(owner, "strategy", strategy, STRATEGIES)
+    check_choice(owner, "strategy", strategy, (*STRATEGIES, "partial"))
     if epochs < 1 or head_epochs < 1:
         name, value = ("epochs", epochs) if epochs < 1 else ("head_epochs", head_epochs)
         raise ParameterError(f"The '{name}' parameter must be at least 1 for strategy {strategy!r}. Got {value}.",
@@ -132,6 +136,8 @@ def plan_stages(strategy: str, epochs: int, *, lr: float | None = None, lr_mult:
         return [head, Stage("all", epochs, tune_lr / 5, lr_mult=uniform, freeze_batchnorm=True)]
     if strategy == "lora":
         return [head, Stage("lora", epochs, tune_lr, lr_mult=discriminative)]
+    if strategy == "partial":  # the pretrained part is two groups here: frozen blocks, then the trained ones
+        return [head, Stage("top", epochs, tune_lr, lr_mult=discriminative, freeze_batchnorm=True, trainable_groups=1)]
     if strategy == "gradual_unfreeze":
         # one epoch per newly opened step (ULMFiT), BatchNorm of the still-partial network untouched
         steps = sorted({max(1, round(n_groups * j / 3)) for j in (1, 2)} - {n_groups})
