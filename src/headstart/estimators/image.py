@@ -22,15 +22,16 @@ import torch
 from rich.console import Console
 
 from headstart.bundle import load_bundle, save_bundle, validation_reference
-from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, DatasetSplits, scan_image_folder
+from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, DatasetSplits, load_image_dataset, scan_image_folder
 from headstart.errors import DataError, ParameterError, check_choice, check_integer
 from headstart.estimators.base import restores_state_on_failure
 from headstart.estimators.classification import ClassifierEstimator
 from headstart.evaluation.calibration import apply_temperature
+from headstart.evaluation.metrics import paired_accuracy_gain
 from headstart.evaluation.report import print_splits
 from headstart.features import (RUNTIMES, FeatureExtractor, FeatureStore, frozen_feature_size, frozen_view_features,
                                 view_names)
-from headstart.models import DEFAULT_BACKBONE, Preprocessing, get_backbone_spec
+from headstart.models import DEFAULT_BACKBONE, Preprocessing, create_backbone, get_backbone_spec
 from headstart.models.heads import HEADS, FeatureMLP
 from headstart.models.multilayer import (StageFeatures, check_feature_layers, describe_layer_choice, layer_plan,
                                          with_feature_layers)
@@ -187,8 +188,7 @@ class ImageClassifier(ClassifierEstimator):
                 f"The head {self.head!r} is a scikit-learn model on frozen features, so it cannot be trained with"
                 f" strategy={self.strategy!r} (which updates the backbone).",
                 fix="Use strategy='linear_probe' (or 'auto') with a scikit-learn head, or head='linear'.")
-        if not isinstance(self.augmented_views, int) or not 0 <= self.augmented_views <= 32:
-            raise self._bad("augmented_views", "an integer in [0, 32]")
+        check_integer("ImageClassifier", "augmented_views", self.augmented_views, low=0, high=32)
         if self.lr_mult is not None and (not isinstance(self.lr_mult, (int, float)) or not 0 < self.lr_mult <= 1):
             raise self._bad("lr_mult", "a number in (0, 1] or None")
         get_backbone_spec(self.backbone)
@@ -202,7 +202,8 @@ class ImageClassifier(ClassifierEstimator):
     def _train_config(self) -> TrainConfig:
         return TrainConfig(batch_size=self.batch_size, weight_decay=self.weight_decay, patience=self.patience,
                            monitor=self.monitor, seed=self.seed, devices=self.devices, accelerator=self.accelerator,
-                           precision=self.precision, time_budget=self._time_budget_seconds())
+                           precision=self.precision, time_budget=self._time_budget_seconds(),
+                           adaptation_probe=self.strategy == "auto")
 
     def _time_budget_seconds(self) -> float | None:
         return resolve_time_budget(self.time_budget, strategy=self.strategy, on_gpu=self._on_gpu())
@@ -226,8 +227,6 @@ class ImageClassifier(ClassifierEstimator):
         Raises:
             ParameterError, DataError, WeightsNotFoundError, ResumeError.
         """
-        from headstart.data.images import load_image_dataset
-        from headstart.models import create_backbone
         from headstart.models.classifier_net import ClassifierNet
         from headstart.training.loop import process_rank, train
 
@@ -279,8 +278,8 @@ class ImageClassifier(ClassifierEstimator):
                            progress=self.progress)
             state, payload = result.state, result.best_payload
             self.is_main_process_, self.processes_ = result.is_main_process, result.world_size
-        self.features_report_ = extractor.report.to_dict() if extractor is not None else None
-        self.model_ = model.cpu().to(memory_format=torch.contiguous_format).eval()
+        self.features_report_, self.model_ = (extractor.report.to_dict() if extractor is not None else None,
+                                              model.cpu().to(memory_format=torch.contiguous_format).eval())
         self.classes_, self.preprocessing_, self.skipped_ = list(splits.classes), preprocessing, list(splits.skipped)
         self.history_, self.best_epoch_ = state.history, state.best_epoch
         self.strategy_, self.epochs_ = strategy, epochs
@@ -413,7 +412,8 @@ class ImageClassifier(ClassifierEstimator):
             batches=lambda epoch: shuffled_batches(len(train_set), self.batch_size, seed=self.seed, epoch=epoch),
             step=step, validate=validate, solve_head=solve, channels_last=True,
             num_workers=auto_num_workers(len(train_set)) if self.num_workers is None else self.num_workers,
-            val_items=len(val_set), fingerprint=self._run_fingerprint(splits.classes, len(splits.train), len(splits.val)))
+            val_items=len(val_set), fingerprint=self._run_fingerprint(splits.classes, len(splits.train), len(splits.val)),
+            gain_check=lambda head, tuned: paired_accuracy_gain(val_set.labels, head, tuned, seed=self.seed))
         if net.split is None:
             return task
         return partial_training_task(  # partial fine-tuning: epochs of the top blocks on cached maps

@@ -14,7 +14,7 @@ import numpy as np
 
 from headstart.errors import ParameterError
 
-__all__ = ["classification_metrics", "format_summary", "log_loss"]
+__all__ = ["classification_metrics", "format_summary", "log_loss", "paired_accuracy_gain"]
 
 
 def _rates_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
@@ -43,6 +43,30 @@ def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """
     picked = np.asarray(probabilities)[np.arange(len(labels)), np.asarray(labels)]
     return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
+
+
+def paired_accuracy_gain(labels: Sequence[int] | np.ndarray, before: np.ndarray, after: np.ndarray, *,
+                         n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Accuracy of the probabilities ``after`` minus that of ``before`` on the same examples, with a paired
+    percentile-bootstrap 95% CI (both resampled with the same indices); ``significant`` when the CI is above 0.
+
+    >>> labels = np.array([0, 1] * 50)
+    >>> guess = np.tile([[0.6, 0.4]], (100, 1))
+    >>> right = np.eye(2)[labels]
+    >>> check = paired_accuracy_gain(labels, guess, right)
+    >>> check["gain"], check["significant"], paired_accuracy_gain(labels, right, right)["significant"]
+    (0.5, True, False)
+    """
+    labels = np.asarray(labels)
+    difference = ((np.asarray(after).argmax(1) == labels).astype(np.float64)
+                  - (np.asarray(before).argmax(1) == labels).astype(np.float64))
+    n = len(labels)
+    if n == 0:
+        return {"gain": 0.0, "ci95": [0.0, 0.0], "significant": False, "n": 0}
+    rng = np.random.default_rng(seed)
+    means = np.array([difference[rng.integers(0, n, n)].mean() for _ in range(n_bootstrap)])
+    low, high = (float(v) for v in np.percentile(means, [2.5, 97.5]))
+    return {"gain": float(difference.mean()), "ci95": [low, high], "significant": bool(low > 0), "n": n}
 
 
 def classification_metrics(

@@ -60,7 +60,7 @@ class ClassifierNet(TransferMixin, nn.Module):
         """Logits from images (batch, 3, H, W), from cached :meth:`pooled_features` (batch, features), or with a
         ``split`` from ``{"maps": the frozen blocks' cached output}``."""
         if isinstance(images, dict):
-            from headstart.training.partial import forward_top
+            from headstart.models.split import forward_top
 
             return forward_top(self.model, images["maps"], self.split)
         if images.ndim == 2:

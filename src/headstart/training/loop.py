@@ -71,6 +71,7 @@ class TrainConfig:
     accelerator: str = "auto"
     precision: str = "32-true"
     time_budget: float | None = None  # seconds for the whole loop (None: no limit)
+    adaptation_probe: bool = False  # continue after a solved head only if the next epoch's gain beats the noise
 
     @property
     def mode(self) -> str:
@@ -127,6 +128,8 @@ class TrainingTask:
         find_unused_parameters: data-parallel runs of networks with parameters a loss never reaches.
         channels_last: move the network to channels-last memory on the CPU (image CNNs run faster).
         val_items: validation examples, for the time budget's estimate of an epoch's validation pass.
+        gain_check: ``gain_check(head_payload, payload) -> {"gain", "ci95", "significant"}``: the validation gain
+            of an epoch over the solved head (``TrainConfig.adaptation_probe``).
     """
 
     dataset: Callable[[int], Dataset]
@@ -140,6 +143,7 @@ class TrainingTask:
     find_unused_parameters: bool = False
     channels_last: bool = False
     val_items: int = 0
+    gain_check: Callable[[Any, Any], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -251,6 +255,7 @@ class _Trainer:
         self.saved_optimizer: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.started, self.seconds_before = time.perf_counter(), 0.0  # elapsed = before a resume + since
+        self.solved_payload: Any = None  # the solved head's validation payload, for the adaptation probe
 
     # -- resume ------------------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -348,8 +353,24 @@ class _Trainer:
                                f" ~{format_seconds(record['seconds'])} and {format_seconds(max(0, budget - self._elapsed()))}"
                                f" of the {format_seconds(budget)} budget are left (--time-budget).", highlight=False)
         self.state.budget.append({"index": self.state.stage_index, "stage": record["stage"], "stopped_after_epoch":
-                                  record["epoch"], "epochs": self.state.epoch_in_stage})
+                                  record["epoch"], "epochs": self.state.epoch_in_stage + 1})
         return True
+
+    def _adaptation_pays(self, record: dict[str, Any], payload: Any) -> bool:
+        """With ``adaptation_probe``, after the first trained epoch that follows a solved head: whether its
+        validation gain over the head exceeds the bootstrap noise (``task.gain_check``; kept in the record).
+        False ends training; the best epoch so far is what the run keeps."""
+        reference, self.solved_payload = self.solved_payload, None  # one probe, right after the solved head
+        if not self.config.adaptation_probe or self.task.gain_check is None or reference is None:
+            return True
+        check = self.task.gain_check(reference, payload)
+        record["adaptation_probe"] = check
+        if self.show:
+            verdict = "continuing" if check["significant"] else "stopping: the solved head is kept unless this epoch beat it"
+            self.console.print(f"Adaptation probe: validation accuracy {check['gain']:+.4f} over the solved head"
+                               f" (95% CI {check['ci95'][0]:+.4f} to {check['ci95'][1]:+.4f}, paired bootstrap);"
+                               f" {verdict}.", highlight=False)
+        return bool(check["significant"])
 
     def _solve_stage(self, stage: Stage) -> None:
         """A frozen head solved to convergence on cached features: one step, recorded as one epoch."""
@@ -358,6 +379,7 @@ class _Trainer:
                                  fix="Plan the stage with solve=False.")
         started = time.perf_counter()
         validation = self.task.solve_head(self.net, self.fabric)
+        self.solved_payload = validation.payload
         record = {"epoch": self.state.epoch + 1, "stage": stage.name, **validation.record, **validation.scores,
                   "lr": 0.0, "seconds": round(time.perf_counter() - started, 2)}
         self.state.epoch_in_stage = stage.epochs - 1  # the stage is complete after this one step
@@ -380,10 +402,11 @@ class _Trainer:
             validation = self.task.validate(self.net, self.fabric.device)
             record.update({**validation.record, **validation.scores,
                            "seconds": round(time.perf_counter() - started, 2)})
-            if self._end_epoch(record, validation.payload):
-                break
-            if self.fabric.broadcast(self._over_budget_after(record), src=0):
-                self.state.finished = True
+            # decided before the epoch is recorded, so that its checkpoint knows the run is over
+            stop = bool(self.fabric.broadcast(not self._adaptation_pays(record, validation.payload)
+                                              or self._over_budget_after(record), src=0))
+            self.state.finished = self.state.finished or stop
+            if self._end_epoch(record, validation.payload) or stop:
                 break
 
     def _train_epoch(self, module: nn.Module, optimizer: Any, stage: Stage, steps: int,

@@ -1,0 +1,98 @@
+"""What the first trained epoch after a solved head costs, variant by variant (issue 17, item 1).
+
+    .venv/bin/python bench/ablate_first_epoch.py --dataset chest_xray [--variants JSON] [--json out.json]
+
+Each variant is ImageClassifier parameters at 224 px with no time budget and no early stopping, plus three
+bench-only switches: ``crop_scale`` (the random-resized-crop scale range), ``freeze_batchnorm`` (true: the
+unfrozen stage keeps the pretrained BatchNorm statistics; false: they update) and nothing else. Default variants:
+the table in docs/benchmarks.md. chest_xray uses 500 + 500 images of chest_xray/train for training and 250 + 250
+more for validation (seed 0; test/ is never read); hymenoptera its train/ and val/. One feature store is shared by
+the variants (the solved head's features are computed once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import SHARED, machine, write_results  # noqa: E402
+from default_run import build_folders  # noqa: E402
+
+import headstart.data.transforms as transforms  # noqa: E402
+import headstart.estimators.image as image_module  # noqa: E402
+from headstart import ImageClassifier  # noqa: E402
+from headstart.training.recipes import plan_stages  # noqa: E402
+
+VARIANTS = {
+    "fine_tune, BatchNorm statistics update (the earlier default)": {"strategy": "fine_tune", "epochs": 1,
+                                                                     "freeze_batchnorm": False},
+    "fine_tune, statistics update, label smoothing 0": {"strategy": "fine_tune", "epochs": 1, "freeze_batchnorm": False,
+                                                        "label_smoothing": 0.0},
+    "fine_tune, statistics update, lr / 10": {"strategy": "fine_tune", "epochs": 1, "freeze_batchnorm": False,
+                                              "lr": 2e-4, "label_smoothing": 0.0},
+    "fine_tune, statistics update, RRC scale 0.8-1": {"strategy": "fine_tune", "epochs": 1, "freeze_batchnorm": False,
+                                                      "label_smoothing": 0.0, "crop_scale": [0.8, 1.0]},
+    "fine_tune, statistics kept (the default now)": {"strategy": "fine_tune", "epochs": 1, "freeze_batchnorm": True},
+    "fine_tune, statistics kept, label smoothing 0": {"strategy": "fine_tune", "epochs": 1, "freeze_batchnorm": True,
+                                                      "label_smoothing": 0.0},
+    "lp_ft, label smoothing 0": {"strategy": "lp_ft", "epochs": 1, "label_smoothing": 0.0},
+    "partial, 2 epochs": {"strategy": "partial", "epochs": 2},
+    "partial, 2 epochs, label smoothing 0": {"strategy": "partial", "epochs": 2, "label_smoothing": 0.0},
+}
+
+
+def run_variant(train: Path, val: Path, cache: Path, change: dict) -> list[tuple]:
+    change = dict(change)
+    transforms.TRAIN_CROP_SCALE = tuple(change.pop("crop_scale", (0.35, 1.0)))
+    frozen = change.pop("freeze_batchnorm", None)
+
+    def stages(*args: object, **kwargs: object) -> list:
+        planned = plan_stages(*args, **kwargs)
+        if frozen is None:
+            return planned
+        return [dataclasses.replace(s, freeze_batchnorm=frozen) if s.name == "all" else s for s in planned]
+
+    image_module.plan_stages = stages
+    try:
+        classifier = ImageClassifier(image_size=224, patience=None, time_budget=None, cache_dir=cache, progress=False,
+                                     **change).fit(train, val=val)
+    finally:
+        image_module.plan_stages, transforms.TRAIN_CROP_SCALE = plan_stages, (0.35, 1.0)
+    return [(r["stage"], round(r["train_loss"], 4), round(r["val_loss"], 4), round(r["val_accuracy"], 4))
+            for r in classifier.history_]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=("hymenoptera", "chest_xray"), default="chest_xray")
+    parser.add_argument("--variants", default=None, help="JSON object: name -> parameters (default: the table)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    variants = json.loads(args.variants) if args.variants else VARIANTS
+    results: dict[str, object] = {"machine": machine(), "dataset": args.dataset,
+                                  "columns": ["stage", "train_loss", "val_loss", "val_accuracy"]}
+    with tempfile.TemporaryDirectory(prefix="headstart-ablate-") as folder:
+        root = Path(folder)
+        if args.dataset == "hymenoptera":
+            train, val = SHARED / "images" / "hymenoptera" / "train", SHARED / "images" / "hymenoptera" / "val"
+        else:
+            build_folders(SHARED / "images" / "chest_xray" / "train", root / "data", per_class_train=500,
+                          per_class_val=250, seed=0)
+            train, val = root / "data" / "train", root / "data" / "val"
+        for name, change in variants.items():
+            results[name] = rows = run_variant(train, val, root / "cache", change)
+            print(f"{name}: " + ", ".join(f"{stage} val acc {acc:.4f} loss {loss:.4f}" for stage, _, loss, acc in rows),
+                  flush=True)
+    write_results(args.json, results)
+
+
+if __name__ == "__main__":
+    main()
