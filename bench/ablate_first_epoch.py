@@ -23,8 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED, machine, write_results  # noqa: E402
-from default_run import build_folders  # noqa: E402
+from common import machine, train_val_folders, write_results  # noqa: E402
 
 import headstart.data.transforms as transforms  # noqa: E402
 import headstart.estimators.image as image_module  # noqa: E402
@@ -81,12 +80,7 @@ def main() -> None:
                                   "columns": ["stage", "train_loss", "val_loss", "val_accuracy"]}
     with tempfile.TemporaryDirectory(prefix="headstart-ablate-") as folder:
         root = Path(folder)
-        if args.dataset == "hymenoptera":
-            train, val = SHARED / "images" / "hymenoptera" / "train", SHARED / "images" / "hymenoptera" / "val"
-        else:
-            build_folders(SHARED / "images" / "chest_xray" / "train", root / "data", per_class_train=500,
-                          per_class_val=250, seed=0)
-            train, val = root / "data" / "train", root / "data" / "val"
+        train, val = train_val_folders(args.dataset, root)
         for name, change in variants.items():
             results[name] = rows = run_variant(train, val, root / "cache", change)
             print(f"{name}: " + ", ".join(f"{stage} val acc {acc:.4f} loss {loss:.4f}" for stage, _, loss, acc in rows),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,25 @@ def pretrained_vs_random(results: dict[str, Any], metric: str, goal: float, labe
 
 __all__ = ["SHARED", "linear_probe_baseline", "show", "machine", "write_results", "errors", "np",
            "pretrained_vs_random"]
+
+
+def build_folders(source: Path, root: Path, *, per_class_train: int, per_class_val: int, seed: int) -> None:
+    for label in ("NORMAL", "PNEUMONIA"):
+        files = sorted((source / label).glob("*.jpeg")) + sorted((source / label).glob("*.jpg"))
+        random.Random(seed).shuffle(files)
+        for split, chosen in (("train", files[:per_class_train]),
+                              ("val", files[per_class_train:per_class_train + per_class_val])):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for path in chosen:
+                (folder / path.name).symlink_to(path)
+
+
+def train_val_folders(dataset: str, root: Path) -> tuple[Path, Path]:
+    """hymenoptera's train/ and val/, or a chest_xray subset (500 + 500 training images of chest_xray/train and
+    250 + 250 more for validation, seed 0; its test/ is never read) built as symlinks under ``root``."""
+    if dataset == "hymenoptera":
+        return SHARED / "images" / "hymenoptera" / "train", SHARED / "images" / "hymenoptera" / "val"
+    build_folders(SHARED / "images" / "chest_xray" / "train", root / "data", per_class_train=500, per_class_val=250,
+                  seed=0)
+    return root / "data" / "train", root / "data" / "val"

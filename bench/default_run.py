@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -25,21 +24,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED, machine, write_results  # noqa: E402
+from common import SHARED, build_folders, machine, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def build_folders(source: Path, root: Path, *, per_class_train: int, per_class_val: int, seed: int) -> None:
-    for label in ("NORMAL", "PNEUMONIA"):
-        files = sorted((source / label).glob("*.jpeg")) + sorted((source / label).glob("*.jpg"))
-        random.Random(seed).shuffle(files)
-        for split, chosen in (("train", files[:per_class_train]),
-                              ("val", files[per_class_train:per_class_train + per_class_val])):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for path in chosen:
-                (folder / path.name).symlink_to(path)
 
 
 def run(name: str, root: Path, extra: list[str]) -> dict[str, object]:

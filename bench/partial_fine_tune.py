@@ -25,8 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED, machine, write_results  # noqa: E402
-from default_run import build_folders  # noqa: E402
+from common import machine, train_val_folders, write_results  # noqa: E402
 
 from headstart import ImageClassifier  # noqa: E402
 
@@ -49,12 +48,7 @@ def main() -> None:
     results: dict[str, object] = {"machine": machine(), "dataset": args.dataset, "tune_blocks": args.tune_blocks}
     with tempfile.TemporaryDirectory(prefix="headstart-partial-") as folder:
         root = Path(folder)
-        if args.dataset == "hymenoptera":
-            train, val = SHARED / "images" / "hymenoptera" / "train", SHARED / "images" / "hymenoptera" / "val"
-        else:
-            build_folders(SHARED / "images" / "chest_xray" / "train", root / "data", per_class_train=500,
-                          per_class_val=250, seed=0)
-            train, val = root / "data" / "train", root / "data" / "val"
+        train, val = train_val_folders(args.dataset, root)
         full, full_seconds = fit("full", train, val, root, strategy="fine_tune", epochs=1, patience=None)
         partial, partial_seconds = fit("partial", train, val, root, strategy="partial", epochs=args.epochs,
                                        tune_blocks=args.tune_blocks, patience=None)
