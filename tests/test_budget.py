@@ -133,7 +133,7 @@ def test_the_estimator_plan_records_the_budget_choice(sample_dir) -> None:  # no
 
     classifier = ImageClassifier(**tiny_params(strategy="auto", time_budget=1, epochs=None))
     strategy, _, stages = classifier._plan(3000, Console(quiet=True), net=_net(), n_val=500, input_size=64,
-                                           budget=classifier._time_budget_seconds())
+                                           budget=classifier._train_config().time_budget)
     assert strategy == "linear_probe" and [s.solve for s in stages] == [True]
     assert classifier.plan_["chosen"] == "linear_probe" and classifier.plan_["time_budget_seconds"] == 1.0
     assert "budget" in classifier.plan_["reason"] and classifier.plan_["train_images_per_second"] > 0

@@ -30,7 +30,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help="Examples per step (default 32; segmentation/detection 4).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: the backbone's; x1.29 for linear_probe, FixRes).")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs (0 disables; default: images and audio 3, text 2, segmentation/detection off).")] = None,
-    monitor: Annotated[str, typer.Option(help="val_loss or val_accuracy.")] = "val_loss",
+    monitor: Annotated[Optional[str], typer.Option(help="What picks the best epoch: val_loss or val_accuracy; images also val_calibrated_loss (their default: log loss at each epoch's best temperature).")] = None,
     class_weights: Annotated[bool, typer.Option("--class-weights/--no-class-weights", help="Weight the loss by inverse class frequency.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and augmentation.")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Hold-out share when there is no validation data.")] = 0.2,

@@ -75,7 +75,8 @@ class ImageClassifier(ClassifierEstimator):
         label_smoothing: cross-entropy label smoothing.
         weight_decay: AdamW weight decay (not applied to biases and norm weights).
         patience: epochs without improvement before early stopping (``None`` disables it).
-        monitor: ``val_loss`` or ``val_accuracy``, for early stopping and the restored best epoch.
+        monitor: picks the best epoch: ``val_calibrated_loss`` (log loss at each epoch's best temperature, fair to
+            epochs trained with label smoothing against the head solved without), ``val_loss``, ``val_accuracy``.
         class_weights: weight the loss by inverse class frequency (imbalanced data).
         seed: makes splits, initialisation, shuffling and augmentation repeatable.
         val_fraction: share held out for validation when no validation data is given.
@@ -125,7 +126,7 @@ class ImageClassifier(ClassifierEstimator):
         label_smoothing: float = 0.1,
         weight_decay: float = 0.02,
         patience: int | None = 3,
-        monitor: str = "val_loss",
+        monitor: str = "val_calibrated_loss",
         class_weights: bool = False,
         seed: int = 0,
         val_fraction: float = 0.2,
@@ -196,17 +197,14 @@ class ImageClassifier(ClassifierEstimator):
         check_integer("ImageClassifier", "max_image_pixels", self.max_image_pixels, low=1)
         check_integer("ImageClassifier", "num_workers", self.num_workers, low=0, optional=True)
         check_integer("ImageClassifier", "image_size", self.image_size, low=32, high=1024, optional=True)
-        check_choice("ImageClassifier", "monitor", self.monitor, ("val_loss", "val_accuracy"))
+        check_choice("ImageClassifier", "monitor", self.monitor, ("val_calibrated_loss", "val_loss", "val_accuracy"))
         self._train_config().validate("ImageClassifier")
 
     def _train_config(self) -> TrainConfig:
         return TrainConfig(batch_size=self.batch_size, weight_decay=self.weight_decay, patience=self.patience,
                            monitor=self.monitor, seed=self.seed, devices=self.devices, accelerator=self.accelerator,
-                           precision=self.precision, time_budget=self._time_budget_seconds(),
-                           adaptation_probe=self.strategy == "auto")
-
-    def _time_budget_seconds(self) -> float | None:
-        return resolve_time_budget(self.time_budget, strategy=self.strategy, on_gpu=self._on_gpu())
+                           precision=self.precision, adaptation_probe=self.strategy == "auto",
+                           time_budget=resolve_time_budget(self.time_budget, strategy=self.strategy, on_gpu=self._on_gpu()))
 
     # -- training -------------------------------------------------------------------------------------------
     @restores_state_on_failure

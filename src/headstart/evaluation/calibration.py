@@ -35,6 +35,7 @@ from headstart.evaluation.plots import _save
 
 __all__ = [
     "apply_temperature",
+    "calibrated_log_loss",
     "calibration_report",
     "expected_calibration_error",
     "fit_temperature",
@@ -179,6 +180,23 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
         options={"xatol": 1e-6},
     )
     return float(min(max(math.exp(result.x), _MIN_TEMPERATURE), _MAX_TEMPERATURE))
+
+
+def calibrated_log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Log loss after the temperature that suits these predictions best (:func:`fit_temperature`): how good the
+    predictions are once their confidence scale is set right. It compares models trained to different confidence
+    (a head solved without label smoothing, epochs trained with it) on what they rank, not on how sure they are.
+
+    >>> from headstart.evaluation.metrics import log_loss
+    >>> p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.7, 0.3], [0.45, 0.55]])
+    >>> y = np.array([0, 1, 0, 1, 1, 0])
+    >>> flat = apply_temperature(p, 3.0)  # the same ranking, less confident
+    >>> round(calibrated_log_loss(p, y), 6) == round(calibrated_log_loss(flat, y), 6) < log_loss(flat, y)
+    True
+    """
+    probabilities = _check_probabilities(probabilities)
+    labels = _check_labels(labels, *probabilities.shape)
+    return _scaled_nll(_log_probabilities(probabilities), labels, fit_temperature(probabilities, labels))
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:

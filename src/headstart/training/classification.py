@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headstart.evaluation.calibration import calibrated_log_loss
 from headstart.evaluation.metrics import log_loss
 from headstart.training.heads import fit_linear_head
 from headstart.training.loop import StepOutput, Validation
@@ -46,10 +47,17 @@ def classification_step(module: nn.Module, inputs: Any, labels: torch.Tensor, *,
 
 
 def classification_scores(probabilities: np.ndarray, labels: np.ndarray, *, prefix: str = "val") -> dict[str, float]:
-    """Log loss and accuracy of predicted ``probabilities``, under ``{prefix}_loss`` / ``{prefix}_accuracy``."""
+    """Log loss and accuracy of predicted ``probabilities``, under ``{prefix}_loss`` / ``{prefix}_accuracy``; for
+    validation also ``val_calibrated_loss``, the log loss at the temperature that suits these predictions
+    (:func:`~headstart.evaluation.calibration.calibrated_log_loss`), which a best epoch can be chosen by."""
     labels = np.asarray(labels)
-    return {f"{prefix}_loss": log_loss(probabilities, labels),
-            f"{prefix}_accuracy": float((probabilities.argmax(1) == labels).mean()) if len(labels) else 0.0}
+    scores = {f"{prefix}_loss": log_loss(probabilities, labels),
+              f"{prefix}_accuracy": float((probabilities.argmax(1) == labels).mean()) if len(labels) else 0.0}
+    if prefix == "val":
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        usable = len(labels) > 1 and probabilities.ndim == 2 and probabilities.shape[1] > 1
+        scores["val_calibrated_loss"] = calibrated_log_loss(probabilities, labels) if usable else scores["val_loss"]
+    return scores
 
 
 def head_record(train_probabilities: np.ndarray, train_labels: np.ndarray, val_probabilities: np.ndarray,
