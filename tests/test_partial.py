@@ -59,6 +59,12 @@ def test_bad_partial_settings_name_the_fix(sample_dir: Path) -> None:
     with pytest.raises(ParameterError, match="tune_blocks") as info:
         ImageClassifier(**tiny_params(strategy="partial", tune_blocks=9)).fit(sample_dir)
     assert "--tune-blocks" in (info.value.fix or "")
+    with pytest.raises(ParameterError, match="'tune_blocks'.*integer") as info:  # refused before any data is read
+        ImageClassifier(**tiny_params(strategy="fine_tune", tune_blocks=0)).fit("no-such-folder")
+    assert "--tune-blocks" in (info.value.fix or "")
+    with pytest.raises(ParameterError, match="strategy='partial'") as info:
+        ImageClassifier(**tiny_params(strategy="partial", feature_layers="all")).fit(sample_dir)
+    assert "feature_layers='last'" in (info.value.fix or "")
     with pytest.raises(ParameterError, match="EfficientNet family") as info:
         ImageClassifier(**tiny_params(backbone="timm:test_vit", image_size=160, strategy="partial")).fit(sample_dir)
     assert "fine_tune" in (info.value.fix or "")

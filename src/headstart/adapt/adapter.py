@@ -275,7 +275,7 @@ class DomainAdapter(EstimatorBase):
                          samples: ImageSamples, target_paths: list[Path], console: Console) -> DomainFeatures:
         """Frozen backbone features of the source and target images, two views each (centre, mirror), through the
         feature store unless ``cache_dir`` is ``off``."""
-        store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
+        store = FeatureStore.open(self.cache_dir)
         extractor = FeatureExtractor(model, preprocessing=preprocessing, architecture=architecture, store=store,
                                      runtime=self.runtime, batch_size=self.batch_size, num_workers=self.num_workers,
                                      progress=self.progress, console=console, max_pixels=self.max_image_pixels,

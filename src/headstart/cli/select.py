@@ -162,7 +162,7 @@ def rank(
             names.append(name)
             if source:
                 weights[name] = source
-        store = None if cache_dir == "off" else FeatureStore(cache_dir)
+        store = FeatureStore.open(cache_dir)
         scores = rank_backbones(data, names, task=chosen, store=store, runtime=runtime, seed=seed, weights=weights,
                                 progress=True, console=console,
                                 options=_data_options(data, chosen, text_col, label_col, label_pattern, group_pattern))

@@ -210,7 +210,7 @@ def embed_images(paths: Sequence[Path], model: Any, preprocessing: Any, architec
     """Pooled frozen features (centre crop) of ``paths`` through the feature store (``cache_dir="off"``: none)."""
     from headstart.features import FeatureExtractor, FeatureStore
 
-    store = None if str(cache_dir) == "off" else FeatureStore(cache_dir)
+    store = FeatureStore.open(cache_dir)
     extractor = FeatureExtractor(model, preprocessing=preprocessing, architecture=architecture, store=store,
                                  runtime=runtime, num_workers=num_workers, progress=progress)
     return extractor.extract(list(paths))

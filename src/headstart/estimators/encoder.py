@@ -183,7 +183,7 @@ class EncoderClassifier(ClassifierEstimator):
         """Pooled features of ``items`` with the (still pretrained) encoder frozen; cached rows are read from the
         feature store, missing ones computed and added."""
         encoder, key = self._active_encoder, self._feature_key
-        store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
+        store = FeatureStore.open(self.cache_dir)
         found = store.lookup(key, digests) if store is not None else {}
         missing = [i for i, d in enumerate(digests) if d not in found]
         computed: dict[int, np.ndarray] = {}
@@ -354,7 +354,7 @@ class EncoderClassifier(ClassifierEstimator):
             validation = solve_linear_head(net.head, torch.from_numpy(train_features), torch.from_numpy(train_labels),
                                            torch.from_numpy(val_features), torch.from_numpy(val_labels),
                                            class_weight=weight, seed=self.seed,
-                                           store=None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir))
+                                           store=FeatureStore.open(self.cache_dir))
             console.print(f"Solved {self.head} head on frozen features: val acc"
                           f" {validation.scores['val_accuracy']:.4f}, val loss {validation.scores['val_loss']:.4f}",
                           highlight=False)

@@ -190,6 +190,7 @@ class ImageClassifier(ClassifierEstimator):
                 f" strategy={self.strategy!r} (which updates the backbone).",
                 fix="Use strategy='linear_probe' (or 'auto') with a scikit-learn head, or head='linear'.")
         check_integer("ImageClassifier", "augmented_views", self.augmented_views, low=0, high=32)
+        check_integer("ImageClassifier", "tune_blocks", self.tune_blocks, low=1)
         if self.lr_mult is not None and (not isinstance(self.lr_mult, (int, float)) or not 0 < self.lr_mult <= 1):
             raise self._bad("lr_mult", "a number in (0, 1] or None")
         get_backbone_spec(self.backbone)
@@ -427,7 +428,7 @@ class ImageClassifier(ClassifierEstimator):
         gpu = self._on_gpu()
         if self.devices > 1 or (gpu and (self.head == "linear" or self.accelerator != "auto")):
             return None
-        store = None if str(self.cache_dir) == "off" else FeatureStore(self.cache_dir)
+        store = FeatureStore.open(self.cache_dir)
         return FeatureExtractor(model, preprocessing=preprocessing, architecture=architecture, store=store,
                                 cache_features=cache_features, runtime=self.runtime, batch_size=self.batch_size,
                                 num_workers=self.num_workers, progress=self.progress, console=console,

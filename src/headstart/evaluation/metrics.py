@@ -63,8 +63,7 @@ def paired_accuracy_gain(labels: Sequence[int] | np.ndarray, before: np.ndarray,
     n = len(labels)
     if n == 0:
         return {"gain": 0.0, "ci95": [0.0, 0.0], "significant": False, "n": 0}
-    rng = np.random.default_rng(seed)
-    means = np.array([difference[rng.integers(0, n, n)].mean() for _ in range(n_bootstrap)])
+    means = difference[np.random.default_rng(seed).integers(0, n, (n_bootstrap, n))].mean(axis=1)
     low, high = (float(v) for v in np.percentile(means, [2.5, 97.5]))
     return {"gain": float(difference.mean()), "ci95": [low, high], "significant": bool(low > 0), "n": n}
 

@@ -138,6 +138,16 @@ class FeatureStore:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
 
+    @classmethod
+    def open(cls, cache_dir: str | os.PathLike[str] | None) -> FeatureStore | None:
+        """The store a ``cache_dir`` parameter names: None for ``"off"`` (no caching), else the folder (None: the
+        default, :func:`default_cache_dir`).
+
+        >>> FeatureStore.open("off") is None, FeatureStore.open("/tmp/x").root.name
+        (True, 'x')
+        """
+        return None if str(cache_dir) == "off" else cls(cache_dir)
+
     @property
     def features_dir(self) -> Path:
         return self.root / "features"

@@ -38,8 +38,9 @@ class ClassifierNet(TransferMixin, nn.Module):
         """The backbone's parameters in :data:`N_BACKBONE_GROUPS` groups, earliest first (timm's group matcher);
         with a ``split``, two: the frozen blocks before it (with the stem) and the blocks from it on."""
         if self.split is not None:
-            top = {id(p) for block in self.model.blocks[self.split:] for p in block.parameters()}
-            top |= {id(p) for name in ("conv_head", "bn2") for p in getattr(self.model, name).parameters()}
+            from headstart.models.split import top_modules
+
+            top = {id(p) for module in top_modules(self.model, self.split) for p in module.parameters()}
             head = {id(p) for p in self.model.get_classifier().parameters()}
             pretrained = [p for p in self.model.parameters() if id(p) not in head]
             return [[p for p in pretrained if id(p) not in top], [p for p in pretrained if id(p) in top]]

@@ -143,6 +143,11 @@ def with_feature_layers(model: nn.Module, value: Any, *, strategy: str, head: st
     value = check_feature_layers(value)
     if value == "last" or (value == "auto" and (strategy != "linear_probe" or head != "linear")):
         return model
+    if strategy == "partial":
+        raise ParameterError(
+            f"feature_layers={value!r} feeds intermediate layers to the head, but strategy='partial' trains the last"
+            " blocks under a head on the last layer.",
+            fix="Pass feature_layers='last' (or 'auto') with strategy='partial', or another strategy.")
     if head != "linear":
         raise ParameterError(
             f"feature_layers={value!r} feeds intermediate layers to the linear head, but the head is {head!r}.",

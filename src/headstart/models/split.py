@@ -10,7 +10,7 @@ from torch import nn
 
 from headstart.errors import ParameterError
 
-__all__ = ["split_index", "forward_bottom", "forward_top"]
+__all__ = ["split_index", "forward_bottom", "forward_top", "top_modules"]
 
 
 def _efficientnet_blocks(model: nn.Module) -> nn.Sequential:
@@ -43,7 +43,14 @@ def forward_bottom(model: nn.Module, images: torch.Tensor, split: int) -> torch.
     return _efficientnet_blocks(model)[:split](model.bn1(model.conv_stem(images)))
 
 
+def top_modules(model: nn.Module, split: int) -> list[nn.Module]:
+    """The pretrained modules :func:`forward_top` runs: blocks ``[split:]`` and the head convolution with its norm
+    (the classifier is the new part, not among them)."""
+    return [*_efficientnet_blocks(model)[split:], model.conv_head, model.bn2]
+
+
 def forward_top(model: nn.Module, maps: torch.Tensor, split: int) -> torch.Tensor:
     """Logits from the frozen part's output: blocks ``[split:]``, the head convolution and the classifier."""
-    features = model.bn2(model.conv_head(_efficientnet_blocks(model)[split:](maps)))
-    return model.forward_head(features)
+    for module in top_modules(model, split):
+        maps = module(maps)
+    return model.forward_head(maps)

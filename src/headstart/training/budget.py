@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from headstart.errors import ParameterError
 
-__all__ = ["AUTO_BUDGET", "MIN_TUNE_EPOCHS", "BudgetDecision", "decide_epochs", "parse_time_budget", "format_seconds",
+__all__ = ["AUTO_BUDGET", "MIN_TUNE_EPOCHS", "FORWARD_SHARE", "left_as_it_was", "epoch_seconds", "BudgetDecision", "decide_epochs", "parse_time_budget", "format_seconds",
            "training_images_per_second", "fine_tune_within", "resolve_time_budget"]
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -25,6 +27,8 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 AUTO_BUDGET = {"cpu": 300.0, "gpu": 1800.0}
 # auto fine-tunes only when this many unfrozen epochs fit in the budget: one epoch has not paid on images
 MIN_TUNE_EPOCHS = 2
+# a forward pass (validation) takes about this share of a training step's forward + backward
+FORWARD_SHARE = 1 / 3
 
 
 def parse_time_budget(value: Any, *, owner: str = "ImageClassifier") -> float | str | None:
@@ -110,36 +114,55 @@ def decide_epochs(stage: str, planned: int, epoch_seconds: float, seconds_left: 
     return BudgetDecision(stage, planned, fit, epoch_seconds, seconds_left, budget_seconds)
 
 
-def training_images_per_second(net: Any, input_size: int, *, batch: int = 8, steps: int = 3) -> float:
-    """Images per second of a full (unfrozen) forward + backward pass of an image network on the CPU, timed on
-    random inputs after one warm-up step. The weights, BatchNorm statistics, gradients, which parameters train
-    and the global random state are all put back afterwards, so measuring changes nothing about the run."""
-    import time
-
+@contextmanager
+def left_as_it_was(net: Any) -> Iterator[None]:
+    """Run timing steps on ``net`` and leave no trace: its weights, BatchNorm statistics, gradients, which
+    parameters train, its training flag and the global random state are all put back afterwards."""
     import torch
 
     saved = {name: value.detach().clone() for name, value in net.state_dict().items()}
     trainable = [p.requires_grad for p in net.parameters()]
     was_training = net.training
-    pixels = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
-    pixels = pixels.contiguous(memory_format=torch.channels_last)
-    labels = torch.zeros(batch, dtype=torch.long)
-    times = []
     with torch.random.fork_rng(devices=[]):  # dropout draws must not shift the run's random numbers
         try:
-            for parameter in net.parameters():
-                parameter.requires_grad_(True)
-            net.train()
-            for _ in range(max(2, steps)):
-                started = time.perf_counter()
-                torch.nn.functional.cross_entropy(net(pixels), labels).backward()
-                times.append(time.perf_counter() - started)
+            yield
         finally:
             net.zero_grad(set_to_none=True)
             net.load_state_dict(saved)
             for parameter, flag in zip(net.parameters(), trainable):
                 parameter.requires_grad_(flag)
             net.train(was_training)
+
+
+def epoch_seconds(step_seconds: float, n_train_steps: int, n_val_items: int, batch_size: int) -> float:
+    """An epoch's seconds from one training step's: the training steps, then a validation pass (forward only,
+    about :data:`FORWARD_SHARE` of a step per batch).
+
+    >>> epoch_seconds(1.0, 10, 64, 32)
+    10.666666666666666
+    """
+    return n_train_steps * step_seconds + n_val_items / max(1, batch_size) * step_seconds * FORWARD_SHARE
+
+
+def training_images_per_second(net: Any, input_size: int, *, batch: int = 8, steps: int = 3) -> float:
+    """Images per second of a full (unfrozen) forward + backward pass of an image network on the CPU, timed on
+    random inputs after one warm-up step (:func:`left_as_it_was`: measuring changes nothing about the run)."""
+    import time
+
+    import torch
+
+    pixels = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    pixels = pixels.contiguous(memory_format=torch.channels_last)
+    labels = torch.zeros(batch, dtype=torch.long)
+    times = []
+    with left_as_it_was(net):
+        for parameter in net.parameters():
+            parameter.requires_grad_(True)
+        net.train()
+        for _ in range(max(2, steps)):
+            started = time.perf_counter()
+            torch.nn.functional.cross_entropy(net(pixels), labels).backward()
+            times.append(time.perf_counter() - started)
     timed = sorted(times[1:])
     return batch / float(timed[len(timed) // 2])
 
@@ -163,7 +186,7 @@ def fine_tune_within(budget: float, net: Any, *, strategy: str, reason: str, n_t
     this CPU (with a fifth of it left for the frozen head stage), else ``linear_probe``; the reason, and the
     measured figures."""
     speed = training_images_per_second(net, input_size)
-    epoch = n_train / speed + n_val / (3 * speed)  # validation: forward only, about a third of a step
+    epoch = epoch_seconds(1 / speed, n_train, n_val, 1)  # per image: "steps" of one image
     figures = {"train_images_per_second": round(speed, 2), "estimated_epoch_seconds": round(epoch, 1)}
     if MIN_TUNE_EPOCHS * epoch <= 0.8 * budget:
         return strategy, f"{reason}; an unfrozen epoch takes ~{format_seconds(epoch)} here", figures

@@ -108,8 +108,7 @@ def solve_linear_head(head: nn.Linear, train_features: torch.Tensor, train_label
         solution = fit(train_features)
         weight, selection = solution.weight, solution.summary()
     else:
-        weight, selection = _solve_layer_sets(fit, train_features, *layers)
-        solution = selection.pop("fit")
+        weight, solution, selection = _solve_layer_sets(fit, train_features, *layers)
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight))
         head.bias.copy_(solution.bias.to(head.bias))
@@ -118,10 +117,10 @@ def solve_linear_head(head: nn.Linear, train_features: torch.Tensor, train_label
 
 
 def _solve_layer_sets(fit: Any, features: torch.Tensor, bounds: list[tuple[int, int]],
-                      candidates: dict[str, list[int]]) -> tuple[torch.Tensor, dict[str, Any]]:
+                      candidates: dict[str, list[int]]) -> tuple[torch.Tensor, Any, dict[str, Any]]:
     """Each candidate layer set solved on its columns, every layer rescaled to the last layer's mean feature
     variance (Head2Toe's per-layer normalisation, here folded into the weights); the chosen set's weights on
-    the full width (zeros elsewhere), and the selection record."""
+    the full width (zeros elsewhere), its fit (penalty, bias, CV table), and the selection record."""
     variances = [float(features[:, a:b].double().var(dim=0).mean()) for a, b in bounds]
     scales = [(variances[0] / max(v, 1e-12)) ** 0.5 for v in variances]
     table, fits = [], {}
@@ -145,6 +144,5 @@ def _solve_layer_sets(fit: Any, features: torch.Tensor, bounds: list[tuple[int, 
         start += width
     selection = {**solution.summary(), "feature_layers": {"chosen": chosen["layers"], "candidates": table,
                                                           "rule": "lowest CV log loss; a larger set must beat"
-                                                                  " the first by more than its standard error"},
-                 "fit": solution}
-    return weight, selection
+                                                                  " the first by more than its standard error"}}
+    return weight, solution, selection

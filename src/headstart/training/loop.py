@@ -45,7 +45,7 @@ from headstart.training.checkpoints import (
     save_best_weights,
     save_checkpoint,
 )
-from headstart.training.budget import decide_epochs, format_seconds
+from headstart.training.budget import decide_epochs, epoch_seconds, format_seconds, left_as_it_was
 from headstart.training.optim import lr_factor, parameter_groups
 from headstart.training.recipes import Stage
 
@@ -319,29 +319,27 @@ class _Trainer:
 
     def _measure_epoch_seconds(self, probe_steps: int = 3) -> float:
         """An epoch's seconds, from timing the first ``probe_steps`` forward + backward steps of the stage's real
-        batches (no optimizer step; the weights, BatchNorm statistics and gradients are put back afterwards)."""
-        saved = {name: value.detach().clone() for name, value in self.net.state_dict().items()}
-        loader, steps = self._loader(self.state.epoch)
+        batches (no optimizer step; :func:`~headstart.training.budget.left_as_it_was` puts everything back)."""
         times: list[float] = []
-        self.net.train()
-        started = time.perf_counter()
-        for step, batch in enumerate(loader):
-            with self.fabric.autocast():
-                output = self.task.step(self.net, batch)
-            output.loss.backward()
-            now = time.perf_counter()
-            times.append(now - started)
-            started = now
-            if step + 1 >= probe_steps:
-                break
-        del loader
-        self.net.zero_grad(set_to_none=True)
-        self.net.load_state_dict(saved)
+        with left_as_it_was(self.net):
+            loader, steps = self._loader(self.state.epoch)
+            self.net.train()
+            started = time.perf_counter()
+            for step, batch in enumerate(loader):
+                with self.fabric.autocast():
+                    output = self.task.step(self.net, batch)
+                output.loss.backward()
+                now = time.perf_counter()
+                times.append(now - started)
+                started = now
+                if step + 1 >= probe_steps:
+                    break
+            del loader
         if not times:
             return 0.0
         per_step = float(np.mean(times[1:])) if len(times) > 1 else times[0]
-        validation = self.task.val_items / max(1, self.config.batch_size) * per_step / 3  # forward only
-        return times[0] + (steps - 1) * per_step + validation
+        # the first step (worker start-up, first allocations) counted as it was
+        return times[0] - per_step + epoch_seconds(per_step, steps, self.task.val_items, self.config.batch_size)
 
     def _over_budget_after(self, record: dict[str, Any]) -> bool:
         """Between epochs: True (and printed) when another epoch like the last one would overrun the budget."""
