@@ -1,7 +1,7 @@
 """Free Spoken Digits (FSDD): the official split and leave-one-speaker-out, with AudioClassifier.
 
     .venv/bin/python bench/fsdd.py --split official [--strategy fine_tune] [--epochs 8] [--json FILE]
-    .venv/bin/python bench/fsdd.py --split loso [--strategy linear_probe] [--json FILE]
+    .venv/bin/python bench/fsdd.py --split loso [--strategy partial --tune-blocks 2] [--json FILE]
 
 Official split (the dataset's README): takes 0-4 of every speaker are the test set (300 files), takes 5-49 the
 training data. Validation (early stopping, the restored epoch, calibration) uses takes 5-9 of every speaker,
@@ -43,7 +43,7 @@ def fit_and_test(train, val, test, args, cache: str) -> tuple[dict, object]:
     from headstart.estimators.audio import AudioClassifier
 
     started = time.perf_counter()
-    given = {name: getattr(args, name) for name in ("epochs", "lr", "spec_augment") if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in ("epochs", "lr", "spec_augment", "tune_blocks") if getattr(args, name) is not None}
     model = AudioClassifier(args.backbone, strategy=args.strategy, image_size=args.image_size, cache_dir=cache,
                             progress=args.progress, seed=args.seed, **given)
     model.fit(train, val=val, out=Path(tempfile.mkdtemp(prefix="fsdd-run-")))
@@ -64,6 +64,8 @@ def main() -> int:
     parser.add_argument("--strategy", default="fine_tune")
     parser.add_argument("--epochs", type=int, default=None, help="default: the estimator's")
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--tune-blocks", type=int, default=None, help="--strategy partial: the CNN's last blocks that"
+                        " train (default: the estimator's)")
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speakers", default=None, help="LOSO: comma-separated speakers to hold out (default all)")
@@ -90,7 +92,8 @@ def main() -> int:
     cache = tempfile.mkdtemp(prefix="headstart-bench-fsdd-")  # cold feature store: honest wall times
     started = time.perf_counter()
     result: dict = {"split": args.split, "backbone": args.backbone, "strategy": args.strategy, "epochs": args.epochs,
-                    "image_size": args.image_size, "seed": args.seed, "lr": args.lr, "spec_augment": args.spec_augment,
+                    "image_size": args.image_size, "seed": args.seed, "lr": args.lr,
+                    "tune_blocks": args.tune_blocks, "spec_augment": args.spec_augment,
                     "threads": torch.get_num_threads()}
     if args.split == "official":
         test = samples([p for p in files if parts(p)[2] < 5], classes)

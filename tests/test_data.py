@@ -177,3 +177,30 @@ def test_training_on_a_messy_folder_reports_skips(image_folder: Path, tmp_path: 
     assert {Path(s["path"]).name for s in data["skipped"]} == {"truncated.jpg", "empty.png"}
     assert "truncated.jpg" in (run / "summary.txt").read_text()
     assert data["train"]["bees"] + data["val"]["bees"] == 17
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_alike_everywhere(tmp_path: Path) -> None:
+    """Evaluation decodes a JPEG much larger than the resize target in draft mode (1/2, 1/4, 1/8 inside the
+    decoder), with features close to a full decode; files and uploaded bytes decode the same way."""
+    from headstart.data.images import load_image, load_image_bytes
+    from headstart.data.preprocessing import Preprocessing
+    from headstart.data.transforms import ImageDataset, build_transform
+
+    y, x = np.mgrid[0:1200, 0:1600]
+    pixels = np.stack([(x / 1600 * 255), (y / 1200 * 255), ((x + y) % 256)], axis=-1).astype(np.uint8)
+    path = tmp_path / "large.jpg"
+    Image.fromarray(pixels).save(path, quality=92)
+    preprocessing = Preprocessing(input_size=224, mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=0.875)
+    transform = build_transform(preprocessing, train=False, as_uint8=True)
+    dataset = ImageDataset([path], None, transform)
+    assert dataset.draft_size == 256
+    assert load_image(path, draft_size=dataset.draft_size).size == (400, 300)  # 1/4: both sides still >= 256
+    assert load_image(path).size == (1600, 1200)
+    assert ImageDataset([path], None, build_transform(preprocessing, train=True)).draft_size is None
+    drafted, _ = dataset[0]
+    full = transform(load_image(path))
+    assert drafted.shape == full.shape == (3, 224, 224)
+    difference = (drafted.float() - full.float()).abs()
+    assert 0 < float(difference.mean()) < 2.0, "draft decoding should differ from a full decode only slightly"
+    upload = transform(load_image_bytes(path.read_bytes(), draft_size=dataset.draft_size))
+    assert np.array_equal(upload.numpy(), drafted.numpy())

@@ -219,6 +219,21 @@ def test_text_fine_tune_changes_encoder_weights(tiny_bert: Path, text_data: Any,
     assert torch.equal(saved, trained["encoder.layer.0.attention.self.query.weight"])
 
 
+def test_text_partial_trains_only_the_last_layers(tiny_bert: Path, text_data: Any, keep_trained_epoch: None) -> None:
+    from transformers import BertModel
+
+    train, val = text_data
+    model = TextClassifier(str(tiny_bert), strategy="partial", tune_blocks=1, epochs=1, lr=1e-3, **_text_params())
+    model.fit(train, val=val)
+    assert model.strategy_ == "partial" and [r["stage"] for r in model.history_] == ["head", "top"]
+    original = BertModel.from_pretrained(tiny_bert).state_dict()
+    trained = model.net_.encoder.model.state_dict()
+    changed = {name for name in original if not torch.equal(original[name], trained[name])}
+    assert changed and all(name.startswith("encoder.layer.1.") for name in changed), sorted(changed)[:5]
+    with pytest.raises(ParameterError, match="tune_blocks.*2 transformer layers"):
+        TextClassifier(str(tiny_bert), strategy="partial", tune_blocks=3, epochs=1, **_text_params()).fit(train)
+
+
 def test_text_lora_merged_and_unmerged_bundles_reload_in_fresh_process(tiny_bert: Path, text_data: Any,
                                                                        tmp_path: Path, keep_trained_epoch: None,
                                                                        fresh_process: FreshProcess) -> None:
@@ -400,6 +415,56 @@ def test_logmel_fine_tune_reloads_in_fresh_process(logmel_bundle: Any, fsdd_two_
     assert expected.shape == (6, 2) and np.allclose(expected.sum(1), 1.0, atol=1e-5)
     (got,) = fresh_process.probabilities([("audio", folder, files)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_logmel_partial_trains_only_the_top_blocks_on_cached_maps(logmel_bundle: Any, fsdd_two_digits: Any,
+                                                                  tmp_path: Path, keep_trained_epoch: None,
+                                                                  fresh_process: FreshProcess) -> None:
+    train, val = fsdd_two_digits
+    model = AudioClassifier(strategy="partial", tune_blocks=2, epochs=2, **_logmel_params()).fit(train, val=val)
+    assert model.strategy_ == "partial" and [r["stage"] for r in model.history_] == ["head", "top", "top"]
+    start = logmel_bundle[0].net_.encoder.cnn.state_dict()  # the same seed: the same random starting CNN
+    tuned = model.net_.encoder.cnn.state_dict()
+    changed = {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("blocks") else "")
+               for k in start if not torch.equal(start[k], tuned[k])}
+    n_blocks = len(model.net_.encoder.cnn.blocks)
+    top = {f"blocks.{n_blocks - 2}", f"blocks.{n_blocks - 1}", "conv_head", "bn2"}
+    assert changed and changed <= top, f"weights outside the last 2 blocks changed: {sorted(changed - top)}"
+    assert {f"blocks.{n_blocks - 1}", "conv_head"} <= changed, "the top blocks did not train"
+    # the cached path and the whole network agree: what was trained on maps is what predicts from waves
+    encoder = model.net_.encoder.eval()
+    batch = encoder.prepare([np.zeros(6400, np.float32), np.linspace(-0.5, 0.5, 6400, dtype=np.float32)])
+    with torch.no_grad():
+        torch.testing.assert_close(encoder({"maps": encoder.bottom(batch)}), encoder(batch), atol=1e-5, rtol=1e-4)
+    folder = model.save(tmp_path / "model")
+    files = [str(p) for p in val.paths[:6]]
+    expected = model.predict_proba(files)
+    (got,) = fresh_process.probabilities([("audio", folder, files)])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_partial_needs_a_logmel_cnn(tmp_path: Path) -> None:
+    samples = AudioSamples.from_lists([tmp_path / "a.wav", tmp_path / "b.wav"], ["yes", "no"])
+    with pytest.raises(ParameterError, match="partial") as raised:
+        AudioClassifier(backbone=str(tmp_path), strategy="partial", progress=False).fit(samples)
+    assert "logmel:efficientnet_lite0" in raised.value.fix
+    with pytest.raises(ParameterError, match="tune_blocks"):
+        AudioClassifier(strategy="partial", tune_blocks=0, progress=False).fit(samples)
+
+
+def test_audio_auto_chooses_partial_on_a_cpu_within_a_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    strategy, reason = AudioClassifier()._auto_strategy(2000)
+    assert strategy == "partial" and "last 4 blocks" in reason
+    assert AudioClassifier("logmel:resnet50")._auto_strategy(2000)[0] == "fine_tune"  # no split for a ResNet
+    assert AudioClassifier()._auto_strategy(500)[0] == "linear_probe"
+    assert AudioClassifier(accelerator="cuda")._auto_strategy(2000)[0] == "fine_tune"
+    assert AudioClassifier()._train_config().time_budget == 300.0
+    assert AudioClassifier(time_budget="2m")._train_config().time_budget == 120.0
+    assert AudioClassifier(strategy="partial")._train_config().time_budget is None  # "auto" limits auto only
+    assert TextClassifier()._train_config().adaptation_probe is True
+    with pytest.raises(ParameterError, match="time_budget"):
+        AudioClassifier(time_budget="soon")._validate()
 
 
 def test_spec_augment_masks_in_training_only() -> None:

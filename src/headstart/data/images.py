@@ -177,7 +177,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_IM
     Args:
         path: the image file.
         max_pixels: images with more pixels are refused as possible decompression bombs.
-        draft_size: when set, JPEGs may be decoded at a reduced scale whose sides stay >= this (fast checks).
+        draft_size: when set, JPEGs may be decoded at a reduced scale (1/2, 1/4 or 1/8) whose sides stay >= this
+            (evaluation transforms, :func:`headstart.data.transforms.draft_size`; fast file checks).
 
     Raises:
         ImageDecodeError: the file is empty, not an image, truncated, too large, or otherwise unreadable.
@@ -192,7 +193,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_IM
     return _decode_image(path, name=path, max_pixels=max_pixels, draft_size=draft_size)
 
 
-def load_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                     draft_size: int | None = None) -> Image.Image:
     """Decode an image held in memory (an upload) exactly like :func:`load_image` decodes a file.
 
     Raises:
@@ -200,7 +202,7 @@ def load_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = DEF
     """
     if not data:
         raise ImageDecodeError(name, "it is empty (0 bytes)")
-    return _decode_image(io.BytesIO(data), name=name, max_pixels=max_pixels, draft_size=None)
+    return _decode_image(io.BytesIO(data), name=name, max_pixels=max_pixels, draft_size=draft_size)
 
 
 def _decode_image(source: Path | io.BytesIO, *, name: str | Path, max_pixels: int, draft_size: int | None

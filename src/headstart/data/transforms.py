@@ -14,7 +14,7 @@ from torchvision import transforms as T
 from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, load_image
 from headstart.data.preprocessing import Preprocessing
 
-__all__ = ["build_transform", "ImageDataset", "EpochSeededDataset"]
+__all__ = ["build_transform", "draft_size", "DECODING", "ImageDataset", "EpochSeededDataset"]
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -53,12 +53,39 @@ def build_transform(preprocessing: Preprocessing, *, train: bool, flip: bool = F
     return T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(size), *mirror, *normalize])
 
 
+# how evaluation images are decoded (part of the feature-store key): JPEG draft decoding to the resize target
+DECODING = "jpeg-draft"
+
+
+def draft_size(transform: T.Compose) -> int | None:
+    """The side a JPEG may be decoded down to for ``transform``: the shorter-side target of an evaluation
+    transform's first ``Resize`` (None for training transforms, whose random crops zoom in).
+
+    JPEG draft decoding (``Image.draft``) reduces the image by 2, 4 or 8 inside the decoder while both sides stay
+    >= that target, so a 2,000-pixel photo is not decoded whole to be shrunk to 256 pixels at once; images less
+    than twice the target decode as before. Every evaluation path decodes this way (training views, validation,
+    ``predict``, the service), so features are computed alike everywhere.
+
+    >>> from headstart.models import get_backbone_spec
+    >>> preprocessing = get_backbone_spec("efficientnet_lite0").preprocessing()
+    >>> draft_size(build_transform(preprocessing, train=False)), draft_size(build_transform(preprocessing, train=True))
+    (256, None)
+    """
+    first = transform.transforms[0] if transform.transforms else None
+    if not isinstance(first, T.Resize):
+        return None
+    size = first.size
+    size = size if isinstance(size, int) else size[0] if len(size) == 1 else min(size)
+    return int(size)
+
+
 class ImageDataset(Dataset):
     """Files (and optional labels) -> (tensor, label) pairs; label is -1 when unknown.
 
     A file that cannot be decoded yields a zero image with label ``-(index + 2)`` instead of raising inside a
     DataLoader worker (where the error would lose its type and message); :meth:`raise_for_failures` in the
-    main process turns it back into an :class:`ImageDecodeError` naming the file.
+    main process turns it back into an :class:`ImageDecodeError` naming the file. JPEGs much larger than an
+    evaluation transform needs are decoded at a reduced scale (:func:`draft_size`).
     """
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, transform: T.Compose, *,
@@ -67,13 +94,14 @@ class ImageDataset(Dataset):
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
         self.transform = transform
         self.max_pixels = max_pixels
+        self.draft_size = draft_size(transform)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         try:
-            image = load_image(self.paths[index], max_pixels=self.max_pixels)
+            image = load_image(self.paths[index], max_pixels=self.max_pixels, draft_size=self.draft_size)
         except ImageDecodeError:
             placeholder = self.transform(Image.new("RGB", (8, 8)))  # right shape for collation
             return torch.zeros_like(placeholder), -(index + 2)

@@ -156,9 +156,10 @@ class Predictor:
         self.max_image_pixels = int(max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
         self.backend: TorchBackend | OnnxBackend = TorchBackend(self.module, head=bundle.head)
         if self.task == "image":
-            from headstart.data.transforms import build_transform
+            from headstart.data.transforms import build_transform, draft_size
 
             self._transform = build_transform(bundle.preprocessing, train=False, as_uint8=True)
+            self._draft_size = draft_size(self._transform)  # decoded like the training images
             size = bundle.preprocessing.input_size
             self.inputs = (InputSpec("images", "uint8", ("batch", 3, size, size)),)
         elif self.task == "text":
@@ -193,7 +194,8 @@ class Predictor:
             if not isinstance(item, (bytes, bytearray)):
                 raise ParameterError(f"{name}: an image model needs image file bytes; got {type(item).__name__}.",
                                      fix="Send the image file itself (multipart upload or base64).")
-            image = load_image_bytes(bytes(item), name=name, max_pixels=self.max_image_pixels)
+            image = load_image_bytes(bytes(item), name=name, max_pixels=self.max_image_pixels,
+                                     draft_size=self._draft_size)
             return self._transform(image).numpy()
         if self.task == "text":
             if not isinstance(item, str):

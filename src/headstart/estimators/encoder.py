@@ -4,7 +4,9 @@ Both follow the same recipe, on the one training loop (:func:`headstart.training
 of every training example are computed once (and cached in the feature store, keyed by the encoder's weights and
 each text's or file's content); the linear head is solved on them by cross-validated L-BFGS, or a scikit-learn
 head is fitted. ``linear_probe`` stops there. ``fine_tune`` then trains the whole encoder with layer-wise
-learning-rate decay from that solved head; ``lora`` trains only low-rank adapters (peft) and the head. The run
+learning-rate decay from that solved head; ``lora`` trains only low-rank adapters (peft) and the head; ``partial``
+trains only the last ``tune_blocks`` blocks (transformer layers; a logmel CNN's blocks, trained on the cached
+output of the frozen ones, :mod:`headstart.training.partial`). The run
 folder, checkpoints, resume and the saved bundle are the same as for images.
 """
 
@@ -29,11 +31,13 @@ from headstart.errors import ParameterError, check_choice, check_integer
 from headstart.estimators.base import restores_state_on_failure
 from headstart.estimators.classification import ClassifierEstimator
 from headstart.evaluation.calibration import apply_temperature
+from headstart.evaluation.metrics import paired_accuracy_gain
 from headstart.evaluation.report import print_splits
 from headstart.features.store import FeatureKey, FeatureStore, weights_digest
 from headstart.models.encoder_net import EncoderNet, apply_lora, merge_lora
 from headstart.models.heads import HEADS
 from headstart.storage import atomic_write_json
+from headstart.training.budget import format_seconds, resolve_time_budget
 from headstart.training.checkpoints import CHECKPOINT_DIR
 from headstart.training.classification import (
     classification_scores,
@@ -50,6 +54,7 @@ from headstart.training.loop import (
     process_rank,
     train,
 )
+from headstart.training.partial import VALIDATION, partial_training_task
 from headstart.training.recipes import STRATEGIES, Recipe, choose_strategy, plan_stages
 
 __all__ = ["EncoderClassifier", "ENCODER_STRATEGIES", "text_digest"]
@@ -90,7 +95,7 @@ class EncoderClassifier(ClassifierEstimator):
     # -- scikit-learn conventions -------------------------------------------------------------------------
     def _validate_common(self) -> None:
         owner = type(self).__name__
-        check_choice(owner, "strategy", self.strategy, ("auto", *ENCODER_STRATEGIES))
+        check_choice(owner, "strategy", self.strategy, ("auto", *self._strategies()))
         check_choice(owner, "head", self.head, HEADS)
         check_choice(owner, "monitor", self.monitor, ("val_loss", "val_accuracy"))
         if self.head != "linear" and self.strategy not in ("auto", "linear_probe"):
@@ -102,14 +107,30 @@ class EncoderClassifier(ClassifierEstimator):
         if not isinstance(self.layer_decay, (int, float)) or not 0 < self.layer_decay <= 1:
             raise self._bad("layer_decay", "a number in (0, 1]")
         check_integer(owner, "lora_rank", self.lora_rank, low=1, high=256)
+        check_integer(owner, "tune_blocks", self.tune_blocks, low=1)
         self._train_config().validate(owner)
 
     def _train_config(self) -> TrainConfig:
+        owner = type(self).__name__
         return TrainConfig(batch_size=self.batch_size, weight_decay=self.weight_decay, patience=self.patience,
                            monitor=self.monitor, max_grad_norm=1.0, seed=self.seed, devices=self.devices,
-                           accelerator=self.accelerator, precision=self.precision)
+                           accelerator=self.accelerator, precision=self.precision,
+                           adaptation_probe=self.strategy == "auto",
+                           time_budget=resolve_time_budget(self.time_budget, strategy=self.strategy,
+                                                           on_gpu=self._on_gpu(), owner=owner))
 
     # -- subclass hooks -----------------------------------------------------------------------------------------
+    def _strategies(self) -> tuple[str, ...]:
+        return ENCODER_STRATEGIES
+
+    def _auto_strategy(self, n_train: int) -> tuple[str, str]:
+        """``strategy="auto"``: the strategy and the reason (printed)."""
+        return choose_strategy(n_train, task=self.modality, pretrained=self.weights != "random", head=self.head)
+
+    def _augmented_views(self, train_items: list[Any]) -> int:
+        """``strategy="partial"``: random training views cached besides the inference view of each item."""
+        return 0
+
     def _load_splits(self, data: Any, val: Any) -> Any:
         raise NotImplementedError
 
@@ -170,11 +191,14 @@ class EncoderClassifier(ClassifierEstimator):
     def _plan_strategy(self, n_train: int, console: Console) -> tuple[str, int]:
         strategy = self.strategy
         if strategy == "auto":
-            strategy, reason = choose_strategy(n_train, task=self.modality, pretrained=self.weights != "random",
-                                               head=self.head)
+            strategy, reason = self._auto_strategy(n_train)
         else:
             reason = "as asked"
         console.print(f"[bold]Strategy[/bold] {strategy} ({reason}).", highlight=False)
+        budget = self._train_config().time_budget
+        if budget is not None:
+            console.print(f"Time budget: {format_seconds(budget)} for training (--time-budget; 'none' for no limit).",
+                          highlight=False)
         epochs = 1 if strategy == "linear_probe" else (self.epochs or self._default_epochs())
         return strategy, epochs
 
@@ -321,9 +345,13 @@ class EncoderClassifier(ClassifierEstimator):
             lora_settings = apply_lora(net, rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=0.1)
             trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
             console.print(f"LoRA rank {self.lora_rank}: {trainable:,} trainable parameters (adapters + head).")
+        if strategy == "partial":
+            net.encoder.set_split(self.tune_blocks)
         stages = plan_stages(strategy, epochs, lr=lr, recipe=Recipe(default_lr=lr, lr_mult=self.layer_decay),
                              n_groups=len(net.layer_groups()), owner=type(self).__name__)
         task = self._training_task(splits, train_items, val_items, train_labels, val_labels, console)
+        if strategy == "partial" and hasattr(net.encoder, "bottom"):  # a CNN's frozen blocks are cached
+            task = self._partial_task(task, net, train_items, val_items, train_labels, val_labels, console)
         result = train(net, task, stages=stages, config=self._train_config(), run_dir=run_dir, resume=resume,
                        console=console, progress=self.progress)
         self.is_main_process_, self.processes_ = result.is_main_process, result.world_size
@@ -334,8 +362,7 @@ class EncoderClassifier(ClassifierEstimator):
     def _training_task(self, splits: Any, train_items: list[Any], val_items: list[Any], train_labels: np.ndarray,
                        val_labels: np.ndarray, console: Console) -> TrainingTask:
         """The hooks of a text or audio task: batches of prepared inputs, the head solved on cached features."""
-        weight = inverse_frequency_weights(np.bincount(train_labels, minlength=len(self.classes_))) \
-            if self.class_weights else None
+        weight = self._class_weight(train_labels)
 
         def step(module: torch.nn.Module, batch: Any) -> StepOutput:
             inputs, labels = batch
@@ -364,8 +391,46 @@ class EncoderClassifier(ClassifierEstimator):
             dataset=lambda epoch: _EpochItems(train_items, train_labels, self._training_item, seed=self.seed,
                                               epoch=epoch),
             batches=lambda epoch: self._training_order(train_items, epoch=epoch), collate=self._collate,
-            step=step, validate=validate, solve_head=solve, find_unused_parameters=True,
-            fingerprint=self._run_fingerprint(self.classes_, len(train_items), len(val_items)))
+            step=step, validate=validate, solve_head=solve, find_unused_parameters=True, val_items=len(val_items),
+            fingerprint=self._run_fingerprint(self.classes_, len(train_items), len(val_items)),
+            gain_check=lambda head, tuned: paired_accuracy_gain(val_labels, head, tuned, seed=self.seed))
+
+    def _class_weight(self, train_labels: np.ndarray) -> torch.Tensor | None:
+        return inverse_frequency_weights(np.bincount(train_labels, minlength=len(self.classes_))) \
+            if self.class_weights else None
+
+    def _partial_task(self, base: TrainingTask, net: EncoderNet, train_items: list[Any], val_items: list[Any],
+                      train_labels: np.ndarray, val_labels: np.ndarray, console: Console) -> TrainingTask:
+        """``strategy="partial"``: epochs of the encoder's top blocks on the cached output of its frozen part for
+        the inference view of every item and ``_augmented_views`` seeded training views
+        (:mod:`headstart.training.partial`)."""
+        views = ["center", *(f"augment-{k}" for k in range(self._augmented_views(train_items)))]
+        size = self.batch_size * 2
+
+        @torch.no_grad()
+        def compute(view: str) -> torch.Tensor:
+            items = val_items if view == VALIDATION else train_items
+            if view.startswith("augment-"):
+                seed = [self.seed, 7919, int(view.split("-")[1])]
+                items = [self._training_item(x, np.random.default_rng([*seed, i])) for i, x in enumerate(items)]
+            else:
+                items = [self._inference_item(x) for x in items]
+            device, was_training = next(net.parameters()).device, net.training
+            net.eval()
+            chunks = []
+            with Progress(console=console, disable=not self.progress, transient=True) as bar:
+                task = bar.add_task(f"frozen blocks ({view})", total=len(items))
+                for start in range(0, len(items), size):
+                    batch = self._prepare(items[start:start + size])
+                    chunks.append(net.encoder.bottom({k: v.to(device) for k, v in batch.items()}).float().cpu())
+                    bar.update(task, advance=len(chunks[-1]))
+            net.train(was_training)
+            return torch.cat(chunks)
+
+        return partial_training_task(base, compute, views=views, labels=train_labels, val_labels=val_labels,
+                                     batch_size=self.batch_size, seed=self.seed,
+                                     class_weight=self._class_weight(train_labels),
+                                     label_smoothing=self.label_smoothing, console=console)
 
     # -- prediction and evaluation ---------------------------------------------------------------------------------
     def _predict_items(self, items: list[Any]) -> np.ndarray:

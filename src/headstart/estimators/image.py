@@ -42,14 +42,8 @@ from headstart.training.checkpoints import CHECKPOINT_DIR
 from headstart.training.classification import (classification_scores, classification_step, inverse_frequency_weights,
                                                solve_linear_head)
 from headstart.training.loop import StepOutput, TrainConfig, TrainingTask, TrainState, Validation, shuffled_batches
-from headstart.training.partial import partial_training_task, split_index
-from headstart.training.recipes import IMAGE_STRATEGIES
-from headstart.training.recipes import (
-    Stage,
-    choose_strategy,
-    default_epochs,
-    plan_stages,
-)
+from headstart.training.partial import image_view_maps, partial_training_task, split_index
+from headstart.training.recipes import IMAGE_STRATEGIES, Stage, choose_strategy, default_epochs, plan_stages
 
 __all__ = ["ImageClassifier", "frozen_feature_size"]
 
@@ -415,10 +409,13 @@ class ImageClassifier(ClassifierEstimator):
             gain_check=lambda head, tuned: paired_accuracy_gain(val_set.labels, head, tuned, seed=self.seed))
         if net.split is None:
             return task
+        compute, views = image_view_maps(net, images, paths=splits.train.paths, labels=splits.train.labels,
+                                         val_set=val_set, augmented_views=self.augmented_views or 2, seed=self.seed,
+                                         batch_size=self.batch_size, num_workers=self.num_workers)
         return partial_training_task(  # partial fine-tuning: epochs of the top blocks on cached maps
-            task, net, images, paths=splits.train.paths, labels=splits.train.labels, val_set=val_set,
-            augmented_views=self.augmented_views or 2, batch_size=self.batch_size, seed=self.seed, class_weight=weight,
-            label_smoothing=self.label_smoothing, num_workers=self.num_workers, console=console)
+            task, compute, views=views, labels=splits.train.labels, val_labels=val_set.labels,
+            batch_size=self.batch_size, seed=self.seed, class_weight=weight, label_smoothing=self.label_smoothing,
+            console=console)
 
     def _feature_extractor(self, model: torch.nn.Module, preprocessing: Preprocessing, architecture: str, *,
                            console: Console, cache_features: bool) -> FeatureExtractor | None:

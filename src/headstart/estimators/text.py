@@ -27,7 +27,9 @@ class TextClassifier(EncoderClassifier):
         backbone: ``minilm`` (offline default), a transformers model folder, or a hub id (local cache).
         strategy: ``auto`` (``fine_tune`` from 1,000 training texts, else ``linear_probe``), ``linear_probe``,
             ``fine_tune`` (all layers, layer-wise learning-rate decay), ``lora`` (adapters + head only), or
-            ``gradual_unfreeze``, ``lp_ft``, ``full`` (see :mod:`headstart.training.recipes`).
+            ``gradual_unfreeze``, ``lp_ft``, ``full`` (see :mod:`headstart.training.recipes`), or ``partial`` (after
+            the solved head, only the last ``tune_blocks`` transformer layers train; the rest runs without gradients).
+        tune_blocks: ``strategy="partial"``: how many of the last transformer layers train.
         head: ``linear`` or a scikit-learn head on frozen embeddings (``logistic``, ``linear_svm``, ``rbf_svm``,
             ``random_forest``, ``knn``).
         epochs: fine-tuning epochs (default 5). lr: peak learning rate (default 1e-4 fine_tune, 5e-4 lora).
@@ -37,6 +39,10 @@ class TextClassifier(EncoderClassifier):
         text_column, label_column: table columns (detected by name when None).
         devices, accelerator, precision: passed to Lightning Fabric (e.g. ``devices=2`` for two processes,
             ``precision="bf16-mixed"`` on a GPU).
+        time_budget: seconds for the training stages (``"10m"``, ``"1.5h"``; None: no limit): each stage runs the
+            epochs that fit, measured on its first steps; ``"auto"``: 5 min on a CPU, 30 min on a GPU with
+            ``strategy="auto"``, else no limit. With ``auto``, training continues after the solved head only while
+            the first trained epoch's validation gain is beyond the bootstrap noise.
         Others as :class:`headstart.ImageClassifier`.
     """
 
@@ -45,28 +51,34 @@ class TextClassifier(EncoderClassifier):
 
     def __init__(self, backbone: str = "minilm", *, strategy: str = "auto", head: str = "linear",
                  epochs: int | None = None, weights: str = "auto", lr: float | None = None, batch_size: int = 32,
-                 max_length: int = 128, pooling: str = "mean", layer_decay: float = 0.8, lora_rank: int = 8,
+                 max_length: int = 128, pooling: str = "mean", tune_blocks: int = 2, layer_decay: float = 0.8,
+                 lora_rank: int = 8,
                  lora_merge: bool = True, drop_rate: float = 0.1, label_smoothing: float = 0.1,
                  weight_decay: float = 0.01, patience: int | None = 2, monitor: str = "val_loss",
                  class_weights: bool = False, seed: int = 0, val_fraction: float = 0.2,
                  text_column: str | None = None, label_column: str | None = None, allow_download: bool = True,
                  devices: int = 1, accelerator: str = "auto", precision: str = "32-true",
                  cache_dir: str | os.PathLike[str] | None = None, calibrate: bool = True,
-                 progress: bool = True) -> None:
+                 time_budget: float | str | None = "auto", progress: bool = True) -> None:
         self.backbone, self.strategy, self.head, self.epochs, self.weights = backbone, strategy, head, epochs, weights
         self.lr, self.batch_size, self.max_length, self.pooling = lr, batch_size, max_length, pooling
+        self.tune_blocks = tune_blocks
         self.layer_decay, self.lora_rank, self.lora_merge = layer_decay, lora_rank, lora_merge
         self.drop_rate, self.label_smoothing, self.weight_decay = drop_rate, label_smoothing, weight_decay
         self.patience, self.monitor, self.class_weights, self.seed = patience, monitor, class_weights, seed
         self.val_fraction, self.text_column, self.label_column = val_fraction, text_column, label_column
         self.devices, self.accelerator, self.precision = devices, accelerator, precision
         self.allow_download, self.cache_dir, self.calibrate, self.progress = allow_download, cache_dir, calibrate, progress
+        self.time_budget = time_budget
 
     def _validate(self) -> None:
         self._validate_common()
         if not isinstance(self.max_length, int) or not 8 <= self.max_length <= 8192:
             raise self._bad("max_length", "an integer in [8, 8192]")
         check_choice("TextClassifier", "pooling", self.pooling, ("mean", "cls"))
+
+    def _strategies(self) -> tuple[str, ...]:
+        return (*super()._strategies(), "partial")
 
     def _load_splits(self, data: Any, val: Any) -> Any:
         from headstart.data.text import load_text_dataset

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS
-from headstart.data.transforms import ImageDataset, build_transform
+from headstart.data.transforms import DECODING, ImageDataset, build_transform
 from headstart.errors import ParameterError
 from headstart.features.runtime import FeatureEngine, create_engine
 from headstart.features.store import (
@@ -163,7 +163,8 @@ class FeatureExtractor:
         self.report = ExtractionReport()
 
     def key(self, view: str) -> FeatureKey:
-        return FeatureKey(self.architecture, self.weights, self.preprocessing.to_dict(), view)
+        # the decoding is part of what the features are: JPEG draft decoding (transforms.draft_size) made them differ
+        return FeatureKey(self.architecture, self.weights, {**self.preprocessing.to_dict(), "decode": DECODING}, view)
 
     def _dataset(self, paths: Sequence[Path], digests: Sequence[bytes], view: str) -> Dataset:
         if view in ("center", "mirror"):

@@ -122,6 +122,9 @@ class LogMelImageEncoder(nn.Module):
         self.feature_dim = int(cnn.num_features)
         self.keep_norm_statistics = True  # see EncoderNet.train: BatchNorm keeps its statistics while fine-tuning
         self.input_name = "input_values"
+        # partial fine-tuning (headstart.training.partial): the CNN's first trainable block; forward then also
+        # takes {"maps": the frozen blocks' cached output}, and the CNN is two layer groups
+        self.split: int | None = None
 
     def prepare(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
         return {"input_values": torch.from_numpy(np.stack(waves).astype(np.float32))}
@@ -136,9 +139,31 @@ class LogMelImageEncoder(nn.Module):
         return (picture - self._mean) / self._std
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "maps" in batch:
+            from headstart.models.split import forward_top
+
+            return forward_top(self.cnn, batch["maps"], self.split)
         return self.cnn(self.pictures(batch["input_values"]))
 
+    def bottom(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frozen part under a ``split``: spectrogram, picture, the CNN's stem and blocks before the split."""
+        from headstart.models.split import forward_bottom
+
+        return forward_bottom(self.cnn, self.pictures(batch["input_values"]), self.split)
+
+    def set_split(self, tune_blocks: int | None) -> None:
+        """Train only the CNN's last ``tune_blocks`` blocks (None: the whole CNN again)."""
+        from headstart.models.split import split_index
+
+        self.split = None if tune_blocks is None else split_index(self.cnn, tune_blocks)
+
     def layer_groups(self) -> list[list[nn.Parameter]]:
+        if self.split is not None:
+            from headstart.models.split import top_modules
+
+            top = {id(p) for module in top_modules(self.cnn, self.split) for p in module.parameters()}
+            return [[p for p in self.cnn.parameters() if id(p) not in top],
+                    [p for p in self.cnn.parameters() if id(p) in top]]
         from headstart.models.classifier_net import layer_groups
 
         groups, _ = layer_groups(self.cnn, n_groups=6)

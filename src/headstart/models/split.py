@@ -10,7 +10,18 @@ from torch import nn
 
 from headstart.errors import ParameterError
 
-__all__ = ["split_index", "forward_bottom", "forward_top", "top_modules"]
+__all__ = ["split_index", "forward_bottom", "forward_top", "top_modules", "supports_partial"]
+
+
+def supports_partial(timm_id: str) -> bool:
+    """Whether a timm architecture can be split here (timm's EfficientNet family).
+
+    >>> supports_partial("tf_efficientnet_lite0"), supports_partial("mobilenetv2_100"), supports_partial("resnet50")
+    (True, True, False)
+    """
+    from timm.models import is_model_in_modules
+
+    return bool(is_model_in_modules(timm_id, ["efficientnet"]))
 
 
 def _efficientnet_blocks(model: nn.Module) -> nn.Sequential:

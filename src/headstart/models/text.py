@@ -124,6 +124,20 @@ class TextEncoder(nn.Module):
         self.max_length = int(max_length)
         self.pooling = pooling
         self.feature_dim = int(model.config.hidden_size)
+        self.split: int | None = None  # strategy="partial": the first transformer layer that trains
+
+    def set_split(self, tune_blocks: int | None) -> None:
+        """Train only the last ``tune_blocks`` transformer layers (and what follows them); None: all again."""
+        layers = _layer_list(self.model)
+        if tune_blocks is None:
+            self.split = None
+            return
+        if layers is None or not 1 <= tune_blocks <= len(layers):
+            count = 0 if layers is None else len(layers)
+            raise ParameterError(f"The 'tune_blocks' parameter must be in [1, {count}]: this text model has {count}"
+                                 f" transformer layers. Got {tune_blocks!r}.",
+                                 fix="Pass --tune-blocks 2, or use strategy='fine_tune' to train every layer.")
+        self.split = len(layers) - int(tune_blocks)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Dynamic padding: each batch is padded to its own longest text (at most ``max_length`` tokens)."""
@@ -148,6 +162,9 @@ class TextEncoder(nn.Module):
         taken = layer_ids | {id(p) for p in embeddings}
         rest = [p for _, p in named if id(p) not in taken]
         groups = [embeddings] + [list(layer.parameters()) for layer in layers] + [rest]
+        if self.split is not None:  # two groups: the frozen embeddings and first layers, the trained rest
+            cut = 1 + self.split
+            groups = [[p for g in groups[:cut] for p in g], [p for g in groups[cut:] for p in g]]
         return [g for g in groups if g]
 
     def cost_key(self) -> dict[str, Any]:
