@@ -68,7 +68,8 @@ def main() -> int:
                         " train (default: the estimator's)")
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--speakers", default=None, help="LOSO: comma-separated speakers to hold out (default all)")
+    parser.add_argument("--speakers", default=None, help="LOSO: comma-separated speakers to hold out (default all), each as held:val to choose its validation speaker"
+                        " (default: the one after it, as in the full run)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=None,
                         help="default: the estimator's (off)")
@@ -112,8 +113,9 @@ def main() -> int:
         held_out = args.speakers.split(",") if args.speakers else speakers
         labels, rows, per_speaker = [], [], {}
         for index, speaker in enumerate(held_out):
+            speaker, _, chosen = speaker.partition(":")  # "held:val" names the validation speaker too
             rest = [s for s in speakers if s != speaker]
-            val_speaker = rest[index % len(rest)]
+            val_speaker = chosen or rest[speakers.index(speaker) % len(rest)]
             test = samples([p for p in files if parts(p)[1] == speaker], classes)
             val = samples([p for p in files if parts(p)[1] == val_speaker], classes)
             train = samples([p for p in files if parts(p)[1] not in (speaker, val_speaker)], classes)

@@ -105,6 +105,30 @@ def test_a_stage_that_cannot_fit_is_skipped_and_the_solved_head_kept() -> None:
     assert any(d.get("epochs") == 0 or "stopped_after_epoch" in d for d in state.budget[1:] + state.budget[:1])
 
 
+def test_one_time_work_is_not_expected_again_by_the_budget() -> None:
+    """Partial fine-tuning caches a view's maps on its first use: an epoch that did so is not the next epoch's
+    cost. Here epoch 1 spends 2 s once (reported by one_time_seconds), the next epochs ~0.85 s each."""
+    spent = {"seconds": 0.0, "done": False}
+    base = _task(slow=True)
+
+    def dataset(epoch: int):  # noqa: ANN202
+        if epoch == 1 and not spent["done"]:  # epoch 0 is the budget's timing probe of epoch index 0
+            time.sleep(2.0)
+            spent["seconds"], spent["done"] = 2.0, True
+        return base.dataset(epoch)
+
+    def run(report: bool) -> list[dict]:
+        spent.update(seconds=0.0, done=False)
+        task = replace(base, dataset=dataset, one_time_seconds=(lambda: spent["seconds"]) if report else None)
+        config = _config(6.5)  # after the slow epoch ~4.5 s have gone: room for a 1 s epoch, not a 3 s one
+        return train(_net(), task, stages=[replace(plan_stages("full", 6)[0], epochs=6)], config=config,
+                     progress=False).state.history
+
+    counted = run(report=True)
+    assert counted[1]["one_time_seconds"] == 2.0 and len(counted) >= 3, [r["seconds"] for r in counted]
+    assert len(run(report=False)) < len(counted)  # without the report the 3 s epoch looked like the next one
+
+
 def test_a_budget_that_fits_changes_nothing_about_the_run() -> None:
     def losses(budget: float | None) -> list[float]:
         history = train(_net(), _task(slow=False), stages=plan_stages("full", 2), config=_config(budget),
@@ -139,7 +163,8 @@ def test_the_estimator_plan_records_the_budget_choice(sample_dir) -> None:  # no
     assert "budget" in classifier.plan_["reason"] and classifier.plan_["train_images_per_second"] > 0
 
 
-@pytest.mark.parametrize(("head_right", "tuned_right", "trained_epochs"), [(True, False, 1), (False, True, 3)])
+@pytest.mark.parametrize(("head_right", "tuned_right", "trained_epochs"),
+                         [(True, False, 2), (False, True, 3), (True, True, 2)])
 def test_the_adaptation_probe_continues_only_on_a_gain_beyond_the_noise(head_right: bool, tuned_right: bool,
                                                                         trained_epochs: int) -> None:
     from headstart.evaluation.metrics import paired_accuracy_gain
@@ -156,8 +181,12 @@ def test_the_adaptation_probe_continues_only_on_a_gain_beyond_the_noise(head_rig
     config = replace(_config(None), adaptation_probe=True)
     state = train(_net(), task, stages=stages, config=config, progress=False).state
     assert [r["stage"] for r in state.history] == ["head"] + ["all"] * trained_epochs
-    probe = state.history[1]["adaptation_probe"]
-    assert probe["significant"] is tuned_right and (probe["gain"] > 0) is tuned_right
-    assert all("adaptation_probe" not in r for r in state.history[2:])  # one probe per run
+    # a gain ends the probe and training goes on; without one (worse, or no difference) two probe epochs, then stop
+    probes = [r["adaptation_probe"] for r in state.history if "adaptation_probe" in r]
+    expected = 1 if tuned_right and not head_right else 2
+    assert [p["epoch"] for p in probes] == list(range(1, expected + 1))
+    gain = tuned_right and not head_right
+    assert probes[0]["significant"] is gain and (probes[0]["gain"] > 0) is gain
+    assert (probes[0]["ci95"][1] < 0) is (head_right and not tuned_right)
     plain = train(_net(), task, stages=stages, config=_config(None), progress=False).state
     assert len(plain.history) == 4  # without the probe (explicit strategies) every epoch runs

@@ -393,6 +393,9 @@ def test_logmel_linear_probe_run_folder_and_predictions(logmel_bundle: Any, fsdd
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["task"] == "audio_classification" and config["encoder"]["kind"] == "logmel_cnn"
     assert config["sample_rate"] == 8000
+    plan = json.loads((run / "metrics.json").read_text())["plan"]
+    assert plan == {"strategy": "linear_probe", "chosen": "linear_probe", "reason": "as asked",
+                    "time_budget_seconds": None}
     probabilities = model.predict_proba([str(p) for p in val.paths])
     assert probabilities.shape == (len(val), 2)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)

@@ -145,8 +145,8 @@ class AudioClassifier(EncoderClassifier):
         strategy, reason = super()._auto_strategy(n_train)
         if strategy != "fine_tune" or self._on_gpu() or not _splittable(self.backbone):
             return strategy, reason
-        # FSDD, leave one speaker out (docs/benchmarks.md, issue 17): the last 4 blocks on cached input reached
-        # validation accuracy 0.94 at ~21 s an epoch; the whole CNN 0.90 at ~190 s an epoch on this 2-core CPU
+        # FSDD holding out george (docs/benchmarks.md, issue 17): the last 4 blocks on cached input reached
+        # validation accuracy 0.94 in 277 s (~21 s an epoch); fine-tuning the whole CNN 0.90 in 2,063 s
         return "partial", (f"{n_train} training clips (>= {FINE_TUNE_MIN_EXAMPLES}) on a CPU: the head first, then the"
                            f" CNN's last {self.tune_blocks} blocks on the frozen blocks' output, computed once per clip"
                            " (an epoch several times cheaper than fine_tune's; --strategy fine_tune for all blocks)")

@@ -196,6 +196,7 @@ class EncoderClassifier(ClassifierEstimator):
             reason = "as asked"
         console.print(f"[bold]Strategy[/bold] {strategy} ({reason}).", highlight=False)
         budget = self._train_config().time_budget
+        self.plan_ = {"strategy": self.strategy, "chosen": strategy, "reason": reason, "time_budget_seconds": budget}
         if budget is not None:
             console.print(f"Time budget: {format_seconds(budget)} for training (--time-budget; 'none' for no limit).",
                           highlight=False)
@@ -308,7 +309,7 @@ class EncoderClassifier(ClassifierEstimator):
             self._write_run(run_dir, calibration=calibration, skipped=self.skipped_, console=console,
                             title=(f"{self.task}: backbone {description}, strategy {strategy}, {len(self.history_)}"
                                    f" epochs recorded, best epoch {self.best_epoch_}, {self.fit_seconds_}s"),
-                            extra={"processes": self.processes_})
+                            extra={"processes": self.processes_, "plan": self.plan_, "time_budget": state.budget})
         return self
 
     def _start_run(self, run_dir: Path, *, data: Any, val: Any, splits: Any, strategy: str, epochs: int, lr: float,

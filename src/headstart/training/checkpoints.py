@@ -45,6 +45,11 @@ class Checkpoint:
     def model_state(self) -> dict[str, torch.Tensor]:
         return load_tensors(self.folder / "model.safetensors")
 
+    def ema_state(self) -> dict[str, torch.Tensor] | None:
+        """The moving average of the weights (``TrainConfig.ema_decay``), when one was kept mid-stage."""
+        path = self.folder / "ema.safetensors"
+        return load_tensors(path) if path.is_file() else None
+
     def optimizer_state(self) -> dict[str, Any] | None:
         """None when the checkpoint closed a stage (the next stage builds a new optimizer)."""
         if self._optimizer_structure is None:
@@ -66,14 +71,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, *, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: dict[str, Any], best_file: str | None, fingerprint: dict[str, Any]) -> Path:
-    """Write the checkpoint after ``epoch``; then drop older checkpoints and best-weight files."""
+                    state: dict[str, Any], best_file: str | None, fingerprint: dict[str, Any],
+                    ema: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the checkpoint after ``epoch`` (with ``ema``, the weights' moving average); then drop older
+    checkpoints and best-weight files."""
     folder = run_dir / CHECKPOINT_DIR
     tensors, structure = flatten_optimizer_state(optimizer.state_dict()) if optimizer is not None else ({}, None)
     name = f"epoch-{epoch:04d}"
     with atomic_directory(folder / name) as temporary:
         atomic_save_tensors(temporary / "model.safetensors", model.state_dict())
         atomic_save_tensors(temporary / "optimizer.safetensors", tensors)
+        if ema:
+            atomic_save_tensors(temporary / "ema.safetensors", ema)
         atomic_write_json(temporary / "state.json", {"train_state": state, "optimizer": structure,
                                                      "best_file": best_file, "fingerprint": fingerprint})
     for old in folder.glob("epoch-*[0-9]"):
@@ -85,10 +94,10 @@ def save_checkpoint(run_dir: Path, *, epoch: int, model: torch.nn.Module, optimi
     return folder / name
 
 
-def save_best_weights(run_dir: Path, epoch: int, model: torch.nn.Module) -> str:
-    """Write the best epoch's weights beside the checkpoints; returns the file name."""
+def save_best_weights(run_dir: Path, epoch: int, weights: dict[str, torch.Tensor]) -> str:
+    """Write the best epoch's weights (a state dict) beside the checkpoints; returns the file name."""
     name = f"best-epoch-{epoch:04d}.safetensors"
-    atomic_save_tensors(run_dir / CHECKPOINT_DIR / name, model.state_dict())
+    atomic_save_tensors(run_dir / CHECKPOINT_DIR / name, weights)
     return name
 
 

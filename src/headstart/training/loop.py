@@ -15,10 +15,10 @@ epochs N+1... exactly as the uninterrupted run would.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,19 +39,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from headstart.errors import ParameterError, ResumeError, check_choice
-from headstart.training.checkpoints import (
-    load_best_weights,
-    load_checkpoint,
-    save_best_weights,
-    save_checkpoint,
-)
+from headstart.training.batches import process_rank, shard_batches, shuffled_batches
 from headstart.training.budget import decide_epochs, epoch_seconds, format_seconds, left_as_it_was
+from headstart.training.checkpoints import load_best_weights, load_checkpoint, save_best_weights, save_checkpoint
+from headstart.training.ema import WeightAverage
 from headstart.training.optim import lr_factor, parameter_groups
 from headstart.training.recipes import Stage
 
 __all__ = ["TrainConfig", "TrainState", "TrainingTask", "StepOutput", "Validation", "TrainResult", "train",
            "process_rank", "shard_batches", "shuffled_batches", "PRECISIONS"]
 
+# the adaptation probe's epochs: a first epoch spent mostly in its learning-rate warm-up is a weak test of a gain
+# (docs/benchmarks.md, issue 17: FSDD leave-one-speaker-out)
+PROBE_EPOCHS = 2
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")  # *-true half precision would also cast the eval path
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 
@@ -63,6 +63,9 @@ class TrainConfig:
     batch_size: int = 32
     weight_decay: float = 0.02
     warmup_fraction: float = 0.1
+    # and at least this many epochs of warm-up: with a tenth of one epoch, the first unfrozen epoch after a solved
+    # head cost 0.020 of validation accuracy on chest X-rays, with half an epoch 0.002 (docs/benchmarks.md)
+    min_warmup_epochs: float = 0.5
     patience: int | None = 3
     monitor: str = "val_loss"
     max_grad_norm: float | None = None
@@ -72,6 +75,7 @@ class TrainConfig:
     precision: str = "32-true"
     time_budget: float | None = None  # seconds for the whole loop (None: no limit)
     adaptation_probe: bool = False  # continue after a solved head only if the next epoch's gain beats the noise
+    ema_decay: float | None = None  # validate and keep a moving average of the weights (training/ema.py)
 
     @property
     def mode(self) -> str:
@@ -87,6 +91,9 @@ class TrainConfig:
                 extra = " or None (no early stopping)" if name == "patience" else ""
                 raise ParameterError(f"The '{name}' parameter of {owner} must be an integer >= {low}{extra}."
                                      f" Got {value!r}.", fix=f"Pass --{name.replace('_', '-')} {max(low, 1)} or more.")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, float) and 0 < self.ema_decay < 1):
+            raise ParameterError(f"The 'ema_decay' of {owner}'s training loop must be a number in (0, 1) or None."
+                                 f" Got {self.ema_decay!r}.", fix="Pass e.g. ema_decay=0.99, or None for no average.")
         if self.time_budget is not None and not (isinstance(self.time_budget, (int, float)) and self.time_budget > 0):
             raise ParameterError(f"The 'time_budget' of {owner}'s training loop must be a positive number of seconds"
                                  f" or None. Got {self.time_budget!r}.", fix="Pass e.g. --time-budget 600.")
@@ -130,6 +137,8 @@ class TrainingTask:
         val_items: validation examples, for the time budget's estimate of an epoch's validation pass.
         gain_check: ``gain_check(head_payload, payload) -> {"gain", "ci95", "significant"}``: the validation gain
             of an epoch over the solved head (``TrainConfig.adaptation_probe``).
+        one_time_seconds: ``one_time_seconds()``: the seconds spent so far on work done once and reused (partial
+            fine-tuning's cached maps), so the time budget does not expect every epoch to repeat it.
     """
 
     dataset: Callable[[int], Dataset]
@@ -144,6 +153,7 @@ class TrainingTask:
     channels_last: bool = False
     val_items: int = 0
     gain_check: Callable[[Any, Any], dict[str, Any]] | None = None
+    one_time_seconds: Callable[[], float] | None = None
 
 
 @dataclass
@@ -171,34 +181,6 @@ class TrainResult:
     best_payload: Any
     is_main_process: bool
     world_size: int
-
-
-def process_rank() -> int:
-    """This process's global rank in a data-parallel run (Fabric's launcher or torchrun set RANK/LOCAL_RANK);
-    0 in a plain process. Valid before Fabric is created, so callers can decide who writes files."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-
-
-def shard_batches(batches: Sequence[list[int]], rank: int, world_size: int) -> list[list[int]]:
-    """Every ``world_size``-th batch from ``rank``; the list is padded by wrapping around so every process runs
-    the same number of steps (data-parallel processes synchronise at each step).
-
-    >>> shard_batches([[0], [1], [2]], 1, 2)
-    [[1], [0]]
-    """
-    per_process = math.ceil(len(batches) / world_size)
-    padded = list(batches) + list(batches[: per_process * world_size - len(batches)])
-    return padded[rank::world_size]
-
-
-def shuffled_batches(n_items: int, batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
-    """The items of one epoch in a seeded random order, cut into batches (the last one may be smaller).
-
-    >>> shuffled_batches(5, 2, seed=0, epoch=0) == shuffled_batches(5, 2, seed=0, epoch=0)
-    True
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(n_items).tolist()
-    return [order[start:start + batch_size] for start in range(0, n_items, batch_size)]
 
 
 def _seed_epoch(seed: int, epoch: int) -> int:
@@ -253,9 +235,12 @@ class _Trainer:
         self.best_weights: dict[str, torch.Tensor] | None = None  # kept in memory when there is no run folder
         self.best_payload: Any = None
         self.saved_optimizer: dict[str, Any] | None = None
+        self.average: WeightAverage | None = None  # config.ema_decay: the weights' moving average in this stage
+        self.saved_average: dict[str, torch.Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.started, self.seconds_before = time.perf_counter(), 0.0  # elapsed = before a resume + since
         self.solved_payload: Any = None  # the solved head's validation payload, for the adaptation probe
+        self.probe_epochs = 0
 
     # -- resume ------------------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -278,6 +263,7 @@ class _Trainer:
         self.best_file = checkpoint.best_file
         self.net.load_state_dict(checkpoint.model_state())
         self.saved_optimizer = checkpoint.optimizer_state()
+        self.saved_average = checkpoint.ema_state()
         if self.show:
             stage = self.stages[min(self.state.stage_index, len(self.stages) - 1)]
             self.console.print(f"Resuming from {checkpoint.folder} (epoch {self.state.epoch}, stage {stage.name}).",
@@ -341,34 +327,45 @@ class _Trainer:
         # the first step (worker start-up, first allocations) counted as it was
         return times[0] - per_step + epoch_seconds(per_step, steps, self.task.val_items, self.config.batch_size)
 
+    def _one_time_seconds(self) -> float:
+        return float(self.task.one_time_seconds()) if self.task.one_time_seconds is not None else 0.0
+
     def _over_budget_after(self, record: dict[str, Any]) -> bool:
-        """Between epochs: True (and printed) when another epoch like the last one would overrun the budget."""
+        """Between epochs: True (and printed) when another epoch like the last one (without its one-time work)
+        would overrun the budget."""
         budget = self.config.time_budget
-        if budget is None or self._elapsed() + float(record["seconds"]) <= budget:
+        another = float(record["seconds"]) - float(record.get("one_time_seconds", 0.0))
+        if budget is None or self._elapsed() + another <= budget:
             return False
         if self.show:
             self.console.print(f"Time budget: stopping after epoch {record['epoch']}: another would take"
-                               f" ~{format_seconds(record['seconds'])} and {format_seconds(max(0, budget - self._elapsed()))}"
+                               f" ~{format_seconds(another)} and {format_seconds(max(0, budget - self._elapsed()))}"
                                f" of the {format_seconds(budget)} budget are left (--time-budget).", highlight=False)
         self.state.budget.append({"index": self.state.stage_index, "stage": record["stage"], "stopped_after_epoch":
                                   record["epoch"], "epochs": self.state.epoch_in_stage + 1})
         return True
 
     def _adaptation_pays(self, record: dict[str, Any], payload: Any) -> bool:
-        """With ``adaptation_probe``, after the first trained epoch that follows a solved head: whether its
-        validation gain over the head exceeds the bootstrap noise (``task.gain_check``; kept in the record).
-        False ends training; the best epoch so far is what the run keeps."""
-        reference, self.solved_payload = self.solved_payload, None  # one probe, right after the solved head
-        if not self.config.adaptation_probe or self.task.gain_check is None or reference is None:
+        """With ``adaptation_probe``, after each of the first :data:`PROBE_EPOCHS` trained epochs that follow a
+        solved head: whether to go on. A validation gain over the head beyond the bootstrap noise ends the probe
+        (``task.gain_check``; kept in the record); without one, training stops after the last probe epoch (a first
+        epoch spent mostly in warm-up fell below the head and then gained, on FSDD). False ends training; the best
+        epoch so far is what the run keeps."""
+        if not self.config.adaptation_probe or self.task.gain_check is None or self.solved_payload is None:
             return True
-        check = self.task.gain_check(reference, payload)
+        check = {**self.task.gain_check(self.solved_payload, payload), "epoch": self.probe_epochs + 1}
+        self.probe_epochs += 1
         record["adaptation_probe"] = check
+        last = self.probe_epochs >= PROBE_EPOCHS
+        if check["significant"] or last:
+            self.solved_payload = None  # the probe is over
         if self.show:
-            verdict = "continuing" if check["significant"] else "stopping: the solved head is kept unless this epoch beat it"
+            verdict = "continuing" if check["significant"] else "stopping: the solved head is kept unless this epoch" \
+                " beat it" if last else f"no clear gain yet, probing one more epoch (of {PROBE_EPOCHS})"
             self.console.print(f"Adaptation probe: validation accuracy {check['gain']:+.4f} over the solved head"
                                f" (95% CI {check['ci95'][0]:+.4f} to {check['ci95'][1]:+.4f}, paired bootstrap);"
                                f" {verdict}.", highlight=False)
-        return bool(check["significant"])
+        return bool(check["significant"]) or not last
 
     def _solve_stage(self, stage: Stage) -> None:
         """A frozen head solved to convergence on cached features: one step, recorded as one epoch."""
@@ -377,7 +374,7 @@ class _Trainer:
                                  fix="Plan the stage with solve=False.")
         started = time.perf_counter()
         validation = self.task.solve_head(self.net, self.fabric)
-        self.solved_payload = validation.payload
+        self.solved_payload, self.probe_epochs = validation.payload, 0
         record = {"epoch": self.state.epoch + 1, "stage": stage.name, **validation.record, **validation.scores,
                   "lr": 0.0, "seconds": round(time.perf_counter() - started, 2)}
         self.state.epoch_in_stage = stage.epochs - 1  # the stage is complete after this one step
@@ -392,19 +389,30 @@ class _Trainer:
         if self.saved_optimizer is not None:
             self.optimizer.load_state_dict(self.saved_optimizer)
             self.saved_optimizer = None
+        self.average = None if self.config.ema_decay is None else WeightAverage(self.net, self.config.ema_decay)
+        if self.average is not None and self.saved_average is not None:
+            self.average.load_state_dict(self.saved_average)
+        self.saved_average = None
         steps = math.ceil(len(self.task.batches(self.state.epoch)) / self.fabric.world_size)
-        schedule = (stage.epochs * steps, int(self.config.warmup_fraction * stage.epochs * steps))
+        warmup = max(self.config.warmup_fraction * stage.epochs, min(self.config.min_warmup_epochs, stage.epochs))
+        schedule = (stage.epochs * steps, int(warmup * steps))
         while self.state.epoch_in_stage < stage.epochs:
-            started = time.perf_counter()
+            started, once = time.perf_counter(), self._one_time_seconds()
             record = self._train_epoch(module, self.optimizer, stage, steps, schedule)
-            validation = self.task.validate(self.net, self.fabric.device)
+            averaged = None
+            with self.average.applied(self.net) if self.average is not None else nullcontext():
+                validation = self.task.validate(self.net, self.fabric.device)
+                if self.average is not None:  # the epoch's weights are the average's: kept if best
+                    averaged = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
             record.update({**validation.record, **validation.scores,
                            "seconds": round(time.perf_counter() - started, 2)})
+            if self.task.one_time_seconds is not None:
+                record["one_time_seconds"] = round(self._one_time_seconds() - once, 2)
             # decided before the epoch is recorded, so that its checkpoint knows the run is over
             stop = bool(self.fabric.broadcast(not self._adaptation_pays(record, validation.payload)
                                               or self._over_budget_after(record), src=0))
             self.state.finished = self.state.finished or stop
-            if self._end_epoch(record, validation.payload) or stop:
+            if self._end_epoch(record, validation.payload, averaged) or stop:
                 break
 
     def _train_epoch(self, module: nn.Module, optimizer: Any, stage: Stage, steps: int,
@@ -432,6 +440,8 @@ class _Trainer:
                 if self.config.max_grad_norm is not None:
                     fabric.clip_gradients(module, optimizer, max_norm=self.config.max_grad_norm)
                 optimizer.step()
+                if self.average is not None:
+                    self.average.update(self.net)
                 totals[0] += output.loss.detach().float() * output.size
                 totals[2] += output.size
                 if output.correct is not None:
@@ -467,8 +477,9 @@ class _Trainer:
         best = self.state.best_score
         return best is None or (score < best if self.config.mode == "min" else score > best)
 
-    def _end_epoch(self, record: dict[str, Any], payload: Any) -> bool:
-        """Record an epoch, track the best one, checkpoint; True when the current stage loop must end."""
+    def _end_epoch(self, record: dict[str, Any], payload: Any, weights: dict[str, torch.Tensor] | None = None) -> bool:
+        """Record an epoch, track the best one (its ``weights``: the network's unless given), checkpoint; True when
+        the current stage loop must end."""
         state, stage, fabric = self.state, self.stages[self.state.stage_index], self.fabric
         # Rank 0's scores decide for every process, so early stopping and the best epoch never differ between
         # ranks (GPU kernels need not give bit-identical scores).
@@ -484,12 +495,13 @@ class _Trainer:
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = record[self.config.monitor], state.epoch, 0
             self.best_payload = payload
+            weights = weights or {k: v.detach().clone() for k, v in self.net.state_dict().items()}
             if self.run_dir is None:
-                self.best_weights = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+                self.best_weights = weights
             else:
                 self.best_file = f"best-epoch-{state.epoch:04d}.safetensors"
                 if fabric.is_global_zero:
-                    save_best_weights(self.run_dir, state.epoch, self.net)
+                    save_best_weights(self.run_dir, state.epoch, weights)
         elif state.stage_index == len(self.stages) - 1:
             state.bad_epochs += 1  # patience counts only in the last stage: a frozen warm-up is never cut short
         self._print_epoch(record, improved)
@@ -503,7 +515,8 @@ class _Trainer:
             # after a stage ends the next one builds a new optimizer, so its state is not worth keeping
             save_checkpoint(self.run_dir, epoch=state.epoch, model=self.net,
                             optimizer=None if stage_done else self.optimizer, state=asdict(state),
-                            best_file=self.best_file, fingerprint=self.fingerprint)
+                            best_file=self.best_file, fingerprint=self.fingerprint,
+                            ema=None if stage_done or self.average is None else self.average.state_dict())
         fabric.barrier()
         if self.after_epoch is not None:
             self.after_epoch(state)

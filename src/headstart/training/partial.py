@@ -123,4 +123,5 @@ def partial_training_task(base: TrainingTask, compute: Callable[[str], torch.Ten
     return TrainingTask(dataset=dataset, collate=None,
                         batches=lambda epoch: shuffled_batches(len(targets), batch_size, seed=seed, epoch=epoch),
                         step=step, validate=validate, solve_head=base.solve_head, channels_last=channels_last,
-                        num_workers=0, val_items=0, fingerprint=base.fingerprint, gain_check=base.gain_check)
+                        num_workers=0, val_items=0, fingerprint=base.fingerprint, gain_check=base.gain_check,
+                        one_time_seconds=lambda: cache.seconds)
