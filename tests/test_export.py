@@ -62,8 +62,10 @@ from PIL import Image
 folder, image = sys.argv[1], sys.argv[2]
 spec = json.load(open(f"{folder}/headstart-export.json"))
 prep = spec["preprocessing"]
-img = Image.open(image).convert("RGB")
+img = Image.open(image)
 short = prep["resize_shorter_side_to"]
+img.draft(img.mode, (short, short))  # large JPEGs decode at a reduced scale, as in training
+img = img.convert("RGB")
 w, h = img.size
 img = img.resize((short, int(h * short / w)) if w <= h else (int(w * short / h), short), Image.Resampling.BICUBIC)
 crop = prep["center_crop"]

@@ -93,8 +93,9 @@ def test_class_weights_and_early_stopping(sample_dir: Path) -> None:
     classifier = ImageClassifier(**tiny_params(epochs=12, patience=1, class_weights=True, lr=0.5)).fit(sample_dir)
     # a huge learning rate makes the validation loss worsen quickly, so training stops early
     assert len(classifier.history_) < 13
-    best = min(h["val_loss"] for h in classifier.history_)
-    assert classifier.history_[classifier.best_epoch_ - 1]["val_loss"] == best
+    monitor = classifier._train_config().monitor  # images: val_calibrated_loss
+    best = min(h[monitor] for h in classifier.history_)
+    assert classifier.history_[classifier.best_epoch_ - 1][monitor] == best
 
 
 def test_class_weights_rebalance_an_imbalanced_training_set(tmp_path: Path, sample_dir: Path) -> None:

@@ -303,6 +303,8 @@ def _preprocessing(predictor: Predictor) -> dict[str, Any]:
         prep = predictor.bundle.preprocessing
         return {"input": "RGB pixels, uint8, (batch, 3, height, width), channels first",
                 "resize_shorter_side_to": int(round(prep.input_size / prep.crop_pct)),
+                "jpeg_draft": "img.draft(img.mode, (resize_shorter_side_to,) * 2) right after opening: JPEGs at least"
+                              " twice that size decode at 1/2-1/8 scale, as in training",
                 "center_crop": prep.input_size, "interpolation": prep.interpolation,
                 "normalisation": {"mean": list(prep.mean), "std": list(prep.std), "inside_graph": True}}
     if predictor.task == "text":

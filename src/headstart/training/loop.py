@@ -63,8 +63,9 @@ class TrainConfig:
     batch_size: int = 32
     weight_decay: float = 0.02
     warmup_fraction: float = 0.1
-    # and at least this many epochs of warm-up: with a tenth of one epoch, the first unfrozen epoch after a solved
-    # head cost 0.020 of validation accuracy on chest X-rays, with half an epoch 0.002 (docs/benchmarks.md)
+    # and, where pretrained weights train, at least this many epochs of warm-up: with a tenth of one epoch the first
+    # unfrozen epoch after a solved head cost 0.020 of validation accuracy on chest X-rays, with half an epoch 0.002
+    # (hymenoptera: +0.006 and -0.026, both inside the CI; docs/benchmarks.md)
     min_warmup_epochs: float = 0.5
     patience: int | None = 3
     monitor: str = "val_loss"
@@ -394,7 +395,8 @@ class _Trainer:
             self.average.load_state_dict(self.saved_average)
         self.saved_average = None
         steps = math.ceil(len(self.task.batches(self.state.epoch)) / self.fabric.world_size)
-        warmup = max(self.config.warmup_fraction * stage.epochs, min(self.config.min_warmup_epochs, stage.epochs))
+        shortest = 0.0 if stage.freeze_backbone else min(self.config.min_warmup_epochs, stage.epochs)
+        warmup = max(self.config.warmup_fraction * stage.epochs, shortest)
         schedule = (stage.epochs * steps, int(warmup * steps))
         while self.state.epoch_in_stage < stage.epochs:
             started, once = time.perf_counter(), self._one_time_seconds()
