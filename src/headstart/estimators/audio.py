@@ -22,8 +22,8 @@ from rich.console import Console
 from headstart.errors import HeadstartError, ParameterError
 from headstart.estimators.encoder import EncoderClassifier
 from headstart.features.store import file_digest
-from headstart.training.recipes import FINE_TUNE_MIN_EXAMPLES
 from headstart.training.loop import shuffled_batches
+from headstart.training.recipes import FINE_TUNE_MIN_EXAMPLES
 
 __all__ = ["AudioClassifier"]
 
