@@ -20,8 +20,8 @@ from conftest import ROOT, SAMPLE, TINY_BACKBONE, tiny_params
 
 from headstart import ImageClassifier, NotFittedError, ParameterError
 from headstart.bundle import load_bundle
-from headstart.storage import load_tensors
-from headstart.training.checkpoints import latest_checkpoint
+from headstart.storage import OWNER_FILE, load_tensors
+from headstart.training.checkpoints import RUN_MARKER, latest_checkpoint
 
 
 def _cli(*args: str, **kwargs: object) -> subprocess.Popen:
@@ -46,8 +46,10 @@ def test_fit_writes_a_complete_run(tmp_path: Path, sample_dir: Path) -> None:
     selection = history[0]["head_selection"]  # the CV table behind the chosen penalty is kept in the run
     assert selection["l2"] == history[0]["l2"] and len(selection["cv"]) == 7 and "fold" in selection["selection"]
     assert classifier.classes_ == ["ants", "bees"]
-    # temporary files and replaced (.old) folders are dot-named: none may be left anywhere in the run
-    leftovers = [str(p.relative_to(run)) for p in run.rglob("*") if p.name.startswith(".")]
+    # temporary files and replaced (.old) folders are dot-named: none may be left anywhere in the run (the owner
+    # files that mark what headstart wrote are the only dot-named files)
+    leftovers = [str(p.relative_to(run)) for p in run.rglob("*")
+                 if p.name.startswith(".") and p.name not in (OWNER_FILE, RUN_MARKER)]
     assert not leftovers, f"temporary files left behind: {leftovers}"
     assert not list(run.rglob("*.pkl")) and not list(run.rglob("*.pt"))
     probabilities = classifier.predict_proba(sorted((sample_dir / "test" / "ants").glob("*.jpg")))

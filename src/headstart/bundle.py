@@ -91,6 +91,19 @@ def is_bundle_folder(path: str | os.PathLike[str]) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
+BUNDLE_ENTRIES = frozenset({WEIGHTS_FILE, CONFIG_FILE, HEAD_FILE, VALIDATION_FILE, ENCODER_DIR})
+
+
+def is_legacy_bundle(folder: Path) -> bool:
+    """A bundle folder written before folders carried their owner file: a headstart config and only bundle files."""
+    try:
+        config = read_json(folder / CONFIG_FILE)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and config.get("format") == "headstart-bundle"
+            and all(p.name in BUNDLE_ENTRIES for p in folder.iterdir()))
+
+
 def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any], *, head: Any = None,
                 encoder_files: Callable[[Path], None] | None = None,
                 validation: dict[str, Any] | None = None) -> Path:
@@ -114,7 +127,7 @@ def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str
         **config,
         "versions": library_versions(),
     }
-    with atomic_directory(path) as temporary:
+    with atomic_directory(path, kind="model", legacy=is_legacy_bundle) as temporary:
         atomic_save_tensors(temporary / WEIGHTS_FILE, model.state_dict(), metadata={"format": "pt"})
         if head is not None:
             save_sklearn_head(head, temporary / HEAD_FILE)

@@ -16,6 +16,7 @@ __all__ = [
     "NotFittedError",
     "ResumeError",
     "ExportError",
+    "OverwriteError",
 ]
 
 
@@ -59,6 +60,10 @@ class ResumeError(HeadstartError):
 
 class ExportError(HeadstartError):
     """A model could not be exported, or the exported model does not compute what torch computes."""
+
+
+class OverwriteError(HeadstartError):
+    """A write would replace or delete something headstart did not create (a user's folder, its own source)."""
 
 
 def check_choice(owner: str, name: str, value: object, choices: "set[str] | list[str] | tuple[str, ...]") -> None:

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from headstart.cli.common import app, console, fail
-from headstart.errors import HeadstartError
+from headstart.cli.common import app, console, fail, split_list
+from headstart.errors import HeadstartError, ParameterError
 
 __all__ = ["export", "serve"]
 
@@ -79,8 +79,19 @@ def serve(
     threads: Annotated[Optional[int], typer.Option(help="Inference threads (default: all cores).")] = None,
     log_embeddings: Annotated[int, typer.Option(help="Image models: keep the embeddings of the last N predicted images; GET /shift then reports their shift from the training data (0: off).")] = 0,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "warning",
+    max_concurrent: Annotated[int, typer.Option(help="Prediction requests admitted at once; more get 503 with Retry-After.")] = 32,
+    max_inflight_bytes: Annotated[int, typer.Option(help="Request bytes admitted requests may hold together; more: 503.")] = 256 * 2**20,
+    max_request_pixels: Annotated[int, typer.Option(help="Image pixels decoded for one request, summed over its images (413 above).")] = 120_000_000,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="File holding the API key every endpoint but /live and /ready then requires (Authorization: Bearer KEY). Or set HEADSTART_API_KEY.")] = None,
+    allowed_hosts: Annotated[Optional[str], typer.Option(help="Host header values accepted, comma-separated ('*': any). Default: the names of --host.")] = None,
+    cors_origins: Annotated[Optional[str], typer.Option(help="Browser origins allowed to call the service, comma-separated (default: none).")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="One line per request on stderr.")] = True,
+    drain_seconds: Annotated[float, typer.Option(help="On shutdown, how long admitted requests may take to finish.")] = 10.0,
 ) -> None:
-    """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, a web page at /, OpenAPI docs at /docs."""
+    """Serve a model over HTTP: POST /predict, GET /health, /live, /ready, /metrics, /metadata, a web page at /,
+    OpenAPI docs at /docs."""
+    import os
+
     from headstart.deploy.serve import ServeConfig, run_server
 
     if threads is not None:
@@ -91,9 +102,21 @@ def serve(
                          max_upload_bytes=max_upload_bytes, max_image_pixels=max_image_pixels, max_items=max_items,
                          max_text_chars=max_text_chars, request_timeout=request_timeout, max_batch=max_batch,
                          batch_window_ms=batch_window_ms, top_k=top_k, threads=threads,
-                         log_embeddings=log_embeddings)
+                         log_embeddings=log_embeddings, max_concurrent=max_concurrent,
+                         max_inflight_bytes=max_inflight_bytes, max_request_pixels=max_request_pixels,
+                         allowed_hosts=None if allowed_hosts is None else split_list(allowed_hosts),
+                         cors_origins=[] if cors_origins is None else split_list(cors_origins),
+                         drain_seconds=drain_seconds)
     try:
-        run_server(config, host=host, port=port, workers=workers, log_level=log_level)
+        if api_key_file is not None:
+            try:
+                config.api_key = api_key_file.read_text(encoding="utf-8").strip()
+            except OSError as error:
+                raise ParameterError(f"--api-key-file {api_key_file} cannot be read ({error.strerror}).",
+                                     fix="Pass a readable file holding the key on one line.") from None
+        elif os.environ.get("HEADSTART_API_KEY"):
+            config.api_key = os.environ["HEADSTART_API_KEY"].strip()
+        run_server(config, host=host, port=port, workers=workers, log_level=log_level, access_log=access_log)
     except HeadstartError as error:
         fail(error)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import shutil
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -12,7 +11,7 @@ import typer
 from headstart.cli.common import app, console, fail, split_list
 from headstart.errors import HeadstartError, ParameterError, ResumeError
 
-__all__ = ["train", "TRAIN_DEFAULTS", "RUN_FILES"]
+__all__ = ["train", "TRAIN_DEFAULTS"]
 
 
 @app.command()
@@ -89,7 +88,7 @@ def train(
         chosen = detect_task(data) if task == "auto" else get_task(task).name
         cls = estimator_class(chosen)
         estimator = cls(**_estimator_options(cls, given, task=chosen, quiet=quiet))  # refuses before anything is removed
-        _prepare_out(out, overwrite=overwrite)
+        _prepare_out(out, data=data, val=val, overwrite=overwrite)
         console.print(f"[bold]Task[/bold] {chosen}" + (" (detected)" if task == "auto" else ""))
         estimator.fit(data, val=val, out=out)
     except HeadstartError as error:
@@ -97,8 +96,6 @@ def train(
 
 
 TRAIN_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
-RUN_FILES = ("checkpoints", "model", "config.json", "data.json", "metrics.json", "history.json", "curves.png",
-             "confusion_matrix.png", "reliability.png", "summary.txt", "samples")
 # train options that are not estimator parameters, and options named differently from the parameter they set
 _RUN_OPTIONS = ("data", "out", "val", "task", "resume", "overwrite", "quiet")
 _PARAMETER_OF = {"text_col": "text_column", "label_col": "label_column", "path_col": "path_column",
@@ -134,22 +131,46 @@ def _estimator_options(cls: type, given: dict[str, Any], *, task: str, quiet: bo
     return options
 
 
-def _prepare_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder; with --overwrite remove what an earlier run wrote (only that)."""
+def _prepare_out(out: Path, *, data: Path, val: Path | None, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder, or to write a run into its own data; with --overwrite remove what an
+    earlier run wrote there (only that: a folder that is not a headstart run is never emptied)."""
+    import os
+
+    from headstart.bundle import is_legacy_bundle
+    from headstart.errors import OverwriteError
+    from headstart.storage import remove_owned_directory
+    from headstart.training.checkpoints import RUN_FILES, clear_checkpoints, is_run_folder
     from headstart.training.loop import process_rank
 
     if process_rank() > 0:  # a data-parallel worker re-runs this command (Fabric's launcher); rank 0 owns --out
         return
-    if (out / "config.json").exists() and not overwrite:
+    target = Path(os.path.abspath(out))
+    for source, option in ((data, "DATA"), (val, "--val")):
+        if source is None:
+            continue
+        source = Path(os.path.abspath(source))
+        if target == source or source in target.parents or source == target / "model":
+            raise OverwriteError(f"--out {out} is inside, or is, {option} {source}: the run's files (checkpoints/,"
+                                 " model/) would be read as data next time, or replace it.",
+                                 fix=f"Pass an --out outside the data, for example --out runs/{source.name}.")
+    if not (out / "config.json").is_file() or not is_run_folder(out):
+        return  # nothing to resume (start_run_folder refuses a foreign folder that holds a run's file names)
+    if not overwrite:
         raise ParameterError(f"--out {out} already holds a run.",
                              fix=f"Use --resume {out} to continue it, --overwrite to replace it, or another --out.")
-    if overwrite:
-        for name in RUN_FILES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+    for name in RUN_FILES:
+        entry = out / name
+        if name == "model":
+            remove_owned_directory(entry, kind="model", legacy=is_legacy_bundle)
+        elif name == "checkpoints":
+            clear_checkpoints(out)
+        elif name == "samples" and entry.is_dir():
+            for image in entry.glob("*.png"):  # the report images a run writes; anything else stays
+                image.unlink()
+            if not any(entry.iterdir()):
+                entry.rmdir()
+        elif entry.is_file():
+            entry.unlink()
 
 
 def _resume(run_dir: Path, given: dict[str, Any], *, quiet: bool) -> None:

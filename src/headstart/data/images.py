@@ -25,6 +25,7 @@ from headstart.errors import DataError, ParameterError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "SkippedFile",
     "ImageSamples",
@@ -42,6 +43,9 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
+# The Pillow formats headstart decodes (every other plugin is never tried: EPS would run Ghostscript, for one);
+# JPEG includes MPO, the multi-picture JPEG many phone cameras write (Pillow opens it through the JPEG plugin).
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 # Pillow's own default limit; anything larger is refused as a possible decompression bomb.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 _SYSTEM_NAMES = frozenset({"__MACOSX", "__pycache__", "Thumbs.db", "desktop.ini", "@eaDir"})
@@ -218,7 +222,7 @@ def _decode_image(source: Path | io.BytesIO, *, name: str | Path, max_pixels: in
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
+            with Image.open(source, formats=IMAGE_FORMATS) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageDecodeError(
@@ -233,7 +237,7 @@ def _decode_image(source: Path | io.BytesIO, *, name: str | Path, max_pixels: in
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(name, "not an image format Pillow can read") from None
+        raise ImageDecodeError(name, f"not an image format headstart reads ({', '.join(IMAGE_FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageDecodeError(name, f"possible decompression bomb ({error})", too_large=True) from None
     except Exception as error:  # noqa: BLE001 - Pillow plugins raise many types on hostile bytes; all mean "unusable"

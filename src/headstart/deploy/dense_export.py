@@ -21,6 +21,7 @@ from torch import nn
 
 from headstart.bundle import Bundle, library_versions, load_bundle
 from headstart.data.images import ImageDecodeError, list_image_files, load_image
+from headstart.deploy.export import SIDECAR_FILE, is_export_folder
 from headstart.errors import ExportError, HeadstartError
 from headstart.models.onnx import (
     ONNX_OPSET,
@@ -34,7 +35,6 @@ __all__ = ["export_dense_bundle", "SegmentationGraph", "BOX_MAX_ABS_DIFF"]
 
 PARITY_MAX_ABS_DIFF = 1e-4
 BOX_MAX_ABS_DIFF = 1e-2
-SIDECAR_FILE = "headstart-export.json"
 
 
 class SegmentationGraph(nn.Module):
@@ -174,7 +174,7 @@ def export_dense_bundle(bundle: str | os.PathLike[str] | Bundle, out: str | os.P
     images, source = _reference_images(bundle, data, max_parity_items)
     task = bundle.config["task"]
     started = time.perf_counter()
-    with atomic_directory(out) as folder:
+    with atomic_directory(out, kind="export", legacy=is_export_folder, sources=[bundle.path]) as folder:
         try:
             exporter = _export_segmentation if task == "segmentation" else _export_detection
             path, parity = exporter(bundle, folder, images, format)

@@ -35,7 +35,7 @@ from headstart.deploy.predictor import (
 )
 from headstart.errors import DataError, ExportError, HeadstartError, check_choice
 from headstart.models.onnx import ONNX_OPSET, export_onnx_graph, measure_parity
-from headstart.storage import atomic_directory, atomic_write_json, read_json
+from headstart.storage import atomic_directory, atomic_write_json, check_replaceable, read_json
 from headstart.tasks import DENSE_TASKS
 
 __all__ = ["FORMATS", "PARITY_MAX_ABS_DIFF", "SIDECAR_FILE", "export_bundle", "reference_items", "parity_report",
@@ -46,6 +46,17 @@ PARITY_MAX_ABS_DIFF = 1e-4
 SIDECAR_FILE = "headstart-export.json"
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 QUANTIZED_FILE = "model.int8.onnx"
+EXPORT_ENTRIES = frozenset({*MODEL_FILES.values(), QUANTIZED_FILE, SIDECAR_FILE, "preprocessor"})
+
+
+def is_export_folder(folder: Path) -> bool:
+    """An export folder written before folders carried their owner file: a headstart sidecar and only export files."""
+    try:
+        sidecar = read_json(folder / SIDECAR_FILE)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(sidecar, dict) and sidecar.get("format") == "headstart-export"
+            and all(p.name in EXPORT_ENTRIES for p in folder.iterdir()))
 TRANSFORMER_QUANTIZE_OPS = ("MatMul", "Gemm")
 
 
@@ -388,6 +399,9 @@ def export_bundle(bundle: str | os.PathLike[str] | Predictor, out: str | os.Path
         BundleError: ``bundle`` is not a model folder.
     """
     check_choice("export", "format", format, FORMATS)
+    # refuse a foreign or source-holding --out now, before minutes of export work (checked again at the swap)
+    source = bundle.bundle.path if isinstance(bundle, Predictor) else getattr(bundle, "path", bundle)
+    check_replaceable(out, kind="export", legacy=is_export_folder, sources=[source])
     if not isinstance(bundle, Predictor) and _task_of(bundle) in DENSE_TASKS:
         if quantize:
             raise ExportError("int8 quantisation is available for classification exports only.",
@@ -410,7 +424,7 @@ def export_bundle(bundle: str | os.PathLike[str] | Predictor, out: str | os.Path
     # a partial last batch exercises the dynamic batch axis
     parity_batches = _batches(predictor, parity_decoded, min(batch_size, max(1, len(parity_decoded) - 1)))
     started = time.perf_counter()
-    with atomic_directory(out) as folder:
+    with atomic_directory(out, kind="export", legacy=is_export_folder, sources=[predictor.bundle.path]) as folder:
         model_path = folder / MODEL_FILES[format]
         exported, parity = _export_checked(predictor, model_path, format, parity_batches, source=source)
         if (predictor.bundle.path / ENCODER_DIR).is_dir() and predictor.task in ("text", "audio"):

@@ -176,11 +176,14 @@ class AudioClassifier(EncoderClassifier):
     def _items(self, samples: Any) -> list[Any]:
         return self._read_waves(samples.paths)
 
-    def _read_waves(self, paths: Sequence[Any]) -> list[np.ndarray]:
+    def _read_waves(self, paths: Sequence[Any], *, centre_window: bool = False) -> list[np.ndarray]:
+        """The waves of ``paths``: whole, or (``centre_window``, for prediction) only the centre clip decoded."""
         from headstart.data.audio import read_audio
 
+        window = self._clip_samples() / self.sample_rate_ if centre_window else None
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            return list(pool.map(lambda p: read_audio(p, sample_rate=self.sample_rate_), paths))
+            return list(pool.map(lambda p: read_audio(p, sample_rate=self.sample_rate_, window_seconds=window),
+                                 paths))
 
     def _digests(self, samples: Any) -> list[bytes]:
         return [file_digest(p) for p in samples.paths]
@@ -217,7 +220,7 @@ class AudioClassifier(EncoderClassifier):
         self._check_fitted("predict_proba")
         if isinstance(files, (str, os.PathLike)):
             files = [files]
-        return self._predict_items(self._read_waves(list(files)))
+        return self._predict_items(self._read_waves(list(files), centre_window=True))
 
     def evaluate(self, data: Any, *, out: str | os.PathLike[str] | None = None,
                  n_bootstrap: int = 1000) -> dict[str, Any]:

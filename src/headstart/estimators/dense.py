@@ -10,7 +10,6 @@ and scored, and how predictions are measured and drawn.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from headstart.evaluation.report import print_skipped
 from headstart.models.dense import build_dense_net
 from headstart.models.registry import create_backbone, get_backbone_spec
 from headstart.storage import atomic_write_json, atomic_write_text
-from headstart.training.checkpoints import CHECKPOINT_DIR
+from headstart.training.checkpoints import start_run_folder
 from headstart.training.loop import (
     StepOutput,
     TrainConfig,
@@ -170,8 +169,7 @@ class DenseEstimator(EstimatorBase):
         run_dir = Path(out) if out is not None else None
         params = self.plain_params()
         if run_dir is not None and not resume and process_rank() == 0:  # a resumed run keeps its own config
-            run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # never resume an older run's checkpoints
+            start_run_folder(run_dir)  # a fresh run also drops an older run's checkpoints there
             atomic_write_json(run_dir / "config.json", {
                 "task": self.task, "params": params, "data": str(Path(data).resolve()),
                 "val": str(Path(val).resolve()) if val is not None else None, "strategy": strategy,

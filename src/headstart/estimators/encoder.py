@@ -38,7 +38,7 @@ from headstart.models.encoder_net import EncoderNet, apply_lora, merge_lora
 from headstart.models.heads import HEADS
 from headstart.storage import atomic_write_json
 from headstart.training.budget import format_seconds, resolve_time_budget
-from headstart.training.checkpoints import CHECKPOINT_DIR
+from headstart.training.checkpoints import start_run_folder
 from headstart.training.classification import (
     classification_scores,
     classification_step,
@@ -315,11 +315,8 @@ class EncoderClassifier(ClassifierEstimator):
     def _start_run(self, run_dir: Path, *, data: Any, val: Any, splits: Any, strategy: str, epochs: int, lr: float,
                    resume: bool) -> None:
         """config.json (a fresh run only: a resumed one keeps its own) and data.json."""
-        run_dir.mkdir(parents=True, exist_ok=True)
+        start_run_folder(run_dir, resume=resume)  # a fresh run also drops an older run's checkpoints there
         if not resume:
-            import shutil
-
-            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # never resume an older run's checkpoints
             atomic_write_json(run_dir / "config.json", {
                 "task": self.task, "params": self.plain_params(),
                 "data": str(Path(data).resolve()) if isinstance(data, (str, os.PathLike)) else "samples",

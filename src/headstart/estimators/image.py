@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -38,7 +37,7 @@ from headstart.models.multilayer import (StageFeatures, check_feature_layers, de
 from headstart.models.inference import predict_files
 from headstart.storage import atomic_write_json
 from headstart.training.budget import fine_tune_within, format_seconds, resolve_time_budget
-from headstart.training.checkpoints import CHECKPOINT_DIR
+from headstart.training.checkpoints import start_run_folder
 from headstart.training.classification import (classification_scores, classification_step, inverse_frequency_weights,
                                                solve_linear_head)
 from headstart.training.loop import StepOutput, TrainConfig, TrainingTask, TrainState, Validation, shuffled_batches
@@ -346,10 +345,8 @@ class ImageClassifier(ClassifierEstimator):
     def _start_run(self, run_dir: Path, *, resume: bool, splits: DatasetSplits, data: Any, val: Any, strategy: str,
                    epochs: int, stages: list[Stage], preprocessing: Preprocessing, config: TrainConfig) -> None:
         """The run folder's config.json (a fresh run only; a resumed one keeps its own) and data.json."""
-        run_dir.mkdir(parents=True, exist_ok=True)
+        start_run_folder(run_dir, resume=resume)  # a fresh run also drops an older run's checkpoints there
         if not resume:
-            # A fresh run must never be resumed from an older run's checkpoints left in the same folder.
-            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
             atomic_write_json(run_dir / "config.json", {
                 "task": "image_classification", "params": self.plain_params(), "data": str(Path(data).resolve()),
                 "val": None if val is None else str(Path(val).resolve()), "strategy": strategy, "epochs": epochs,

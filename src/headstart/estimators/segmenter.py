@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from headstart.data.images import IMAGE_FORMATS
 from headstart.errors import check_choice
 from headstart.estimators.dense import DenseEstimator
 from headstart.models import DEFAULT_BACKBONE
@@ -143,7 +144,7 @@ class Segmenter(DenseEstimator):
     def _crops_per_image(self, splits: Any) -> int:
         if self.crops_per_image is not None:
             return self.crops_per_image
-        with Image.open(splits.train.images[0]) as first:
+        with Image.open(splits.train.images[0], formats=IMAGE_FORMATS) as first:
             width, height = first.size
         return max(1, math.ceil(width * height / self.crop_size ** 2))
 

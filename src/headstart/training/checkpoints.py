@@ -15,21 +15,64 @@ from typing import Any
 
 import torch
 
-from headstart.errors import ResumeError
+from headstart.errors import OverwriteError, ResumeError
 from headstart.storage import (
+    TRASH_SUFFIX,
     atomic_directory,
     atomic_save_tensors,
     atomic_write_json,
     flatten_optimizer_state,
     load_tensors,
     read_json,
+    remove_owned_directory,
     unflatten_optimizer_state,
 )
 
-__all__ = ["CHECKPOINT_DIR", "Checkpoint", "latest_checkpoint", "save_checkpoint", "save_best_weights",
-           "load_best_weights", "load_checkpoint", "as_saved"]
+__all__ = ["CHECKPOINT_DIR", "RUN_FILES", "RUN_MARKER", "start_run_folder", "is_run_folder", "Checkpoint", "latest_checkpoint",
+           "save_checkpoint", "save_best_weights", "load_best_weights", "load_checkpoint", "as_saved",
+           "clear_checkpoints"]
 
 CHECKPOINT_DIR = "checkpoints"
+RUN_MARKER = ".headstart-run.json"
+# what a run writes into its folder; a fresh run in a folder that is not a headstart run refuses to replace them
+RUN_FILES = ("checkpoints", "model", "config.json", "data.json", "metrics.json", "history.json", "curves.png",
+             "confusion_matrix.png", "reliability.png", "summary.txt", "samples", "comparison.png")
+
+
+def is_run_folder(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a headstart run folder (its marker, or the config.json a run writes)."""
+    if (run_dir / RUN_MARKER).is_file():
+        return True
+    try:
+        config = read_json(run_dir / "config.json")
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("params" in config or "adapter" in config)
+
+
+def start_run_folder(run_dir: str | Path, *, resume: bool = False) -> Path:
+    """Create or claim ``run_dir`` for a run; a fresh run also drops an earlier run's checkpoints there.
+
+    A folder of the user's own may hold the run (their files stay), unless it already has a file a run writes
+    (``config.json``, ``model``, ...) that a headstart run did not write: that is refused, not replaced.
+
+    Raises:
+        OverwriteError: naming the folder, the clashing entries and the fix.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OverwriteError(f"The run folder {run_dir} is a file.", fix="Pass a folder path as --out / out.")
+    if not resume and run_dir.is_dir() and not is_run_folder(run_dir):
+        clashing = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if clashing:
+            raise OverwriteError(f"{run_dir} is not a headstart run folder but holds {', '.join(clashing)}, which a"
+                                 " run would replace.", fix=f"Train into a new folder, for example {run_dir / 'run'}.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        clear_checkpoints(run_dir)
+    if not (run_dir / RUN_MARKER).is_file():
+        atomic_write_json(run_dir / RUN_MARKER, {"format": "headstart-run", "files": list(RUN_FILES)})
+    return run_dir
 
 
 class Checkpoint:
@@ -78,20 +121,48 @@ def save_checkpoint(run_dir: Path, *, epoch: int, model: torch.nn.Module, optimi
     folder = run_dir / CHECKPOINT_DIR
     tensors, structure = flatten_optimizer_state(optimizer.state_dict()) if optimizer is not None else ({}, None)
     name = f"epoch-{epoch:04d}"
-    with atomic_directory(folder / name) as temporary:
+    with atomic_directory(folder / name, kind="checkpoint", legacy=_is_checkpoint_folder) as temporary:
         atomic_save_tensors(temporary / "model.safetensors", model.state_dict())
         atomic_save_tensors(temporary / "optimizer.safetensors", tensors)
         if ema:
             atomic_save_tensors(temporary / "ema.safetensors", ema)
         atomic_write_json(temporary / "state.json", {"train_state": state, "optimizer": structure,
                                                      "best_file": best_file, "fingerprint": fingerprint})
-    for old in folder.glob("epoch-*[0-9]"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    for old in folder.glob("best-epoch-*.safetensors"):
-        if old.name != best_file:
-            old.unlink(missing_ok=True)
+    _remove_checkpoints(folder, keep={name, best_file})
     return folder / name
+
+
+_CHECKPOINT_ENTRIES = frozenset({"model.safetensors", "optimizer.safetensors", "ema.safetensors", "state.json"})
+
+
+def _is_checkpoint_folder(folder: Path) -> bool:
+    """A checkpoint written before folders carried their owner file."""
+    return (folder / "state.json").is_file() and all(p.name in _CHECKPOINT_ENTRIES for p in folder.iterdir())
+
+
+def _remove_checkpoints(folder: Path, *, keep: set[str | None]) -> None:
+    """Delete the checkpoints and best-weight files in ``folder`` except ``keep``: only those headstart wrote."""
+    for old in folder.glob("epoch-*[0-9]"):
+        if old.name not in keep and old.is_dir():
+            remove_owned_directory(old, kind="checkpoint", legacy=_is_checkpoint_folder)
+    for old in folder.glob("best-epoch-*.safetensors"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+
+
+def clear_checkpoints(run_dir: Path) -> None:
+    """Remove an earlier run's checkpoints from ``run_dir`` (a fresh run must never resume them); a checkpoints
+    folder holding anything else is refused, not deleted."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return
+    _remove_checkpoints(folder, keep=set())
+    left = sorted(p.name for p in folder.iterdir() if not p.name.endswith(TRASH_SUFFIX))
+    if left:
+        raise OverwriteError(f"{folder} holds {', '.join(left[:5])}, which headstart did not write; a run in"
+                             f" {run_dir} keeps its checkpoints there.",
+                             fix="Move those files out, or train into another --out folder.")
+    shutil.rmtree(folder)  # empty but for trash a killed deletion left
 
 
 def save_best_weights(run_dir: Path, epoch: int, weights: dict[str, torch.Tensor]) -> str:

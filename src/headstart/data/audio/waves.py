@@ -22,6 +22,10 @@ from headstart.errors import DataError, ParameterError
 __all__ = [
     "AUDIO_EXTENSIONS",
     "MIN_SECONDS",
+    "MIN_SAMPLE_RATE",
+    "MAX_SAMPLE_RATE",
+    "MAX_CHANNELS",
+    "MAX_SECONDS",
     "AudioDecodeError",
     "choose_clip_seconds",
     "fit_length",
@@ -39,6 +43,13 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     | ({".opus"} if "OGG" in _FORMATS and "OPUS" in soundfile.available_subtypes("OGG") else set())
 )
 MIN_SECONDS = 0.05
+# A file's header is read before any sample, and what it claims must lie inside these limits: a header claiming
+# 1 Hz would make resampling to 16 kHz allocate thousands of times the decoded size (a decode bomb).
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 768_000
+MAX_CHANNELS = 64
+MAX_SECONDS = 600.0  # whole-file reads; a windowed read (prediction) decodes only the window, whatever the length
+_WINDOW_MARGIN_SECONDS = 0.1  # read beyond the window on each side, so the resampler's edges fall outside it
 _SILENT_PEAK = 1e-4
 _FULL_SCALE = 0.999
 _CLIPPED_SHARE = 0.01
@@ -54,12 +65,17 @@ class AudioDecodeError(DataError):
                          fix="Remove or replace the file; headstart skips such files when loading a dataset.")
 
 
-def read_audio(path: str | os.PathLike[str], *, sample_rate: int) -> np.ndarray:
+def read_audio(path: str | os.PathLike[str], *, sample_rate: int, window_seconds: float | None = None) -> np.ndarray:
     """Decode a file into float32 mono samples in [-1, 1] at ``sample_rate`` Hz (channels averaged, soxr HQ).
+
+    The header is checked first (rate, channels, duration within :data:`MIN_SAMPLE_RATE`..:data:`MAX_SAMPLE_RATE`,
+    :data:`MAX_CHANNELS`, :data:`MAX_SECONDS`). With ``window_seconds`` only the centre window (and a 0.1 s margin
+    each side) is decoded: what a centre crop of that length needs, at a cost independent of the file's length.
 
     Raises:
         ParameterError: ``sample_rate`` is not a positive integer.
-        AudioDecodeError: the file is empty, not audio, truncated, holds no frames or non-finite samples.
+        AudioDecodeError: the file is empty, not audio, truncated, holds no frames or non-finite samples, or its
+            header is outside the limits.
     """
     _check_rate(sample_rate)
     path = Path(path)
@@ -69,10 +85,11 @@ def read_audio(path: str | os.PathLike[str], *, sample_rate: int) -> np.ndarray:
         raise AudioDecodeError(path, _library_reason(error)) from None
     if empty:
         raise AudioDecodeError(path, "the file is empty (0 bytes)")
-    return _decode_audio(path, name=path, sample_rate=sample_rate)
+    return _decode_audio(path, name=path, sample_rate=sample_rate, window_seconds=window_seconds)
 
 
-def read_audio_bytes(data: bytes, *, name: str = "upload", sample_rate: int) -> np.ndarray:
+def read_audio_bytes(data: bytes, *, name: str = "upload", sample_rate: int,
+                     window_seconds: float | None = None) -> np.ndarray:
     """Decode audio held in memory (an upload) exactly like :func:`read_audio` decodes a file.
 
     Raises:
@@ -81,7 +98,7 @@ def read_audio_bytes(data: bytes, *, name: str = "upload", sample_rate: int) -> 
     _check_rate(sample_rate)
     if not data:
         raise AudioDecodeError(name, "it is empty (0 bytes)")
-    return _decode_audio(io.BytesIO(data), name=name, sample_rate=sample_rate)
+    return _decode_audio(io.BytesIO(data), name=name, sample_rate=sample_rate, window_seconds=window_seconds)
 
 
 def _check_rate(sample_rate: Any) -> None:
@@ -90,9 +107,40 @@ def _check_rate(sample_rate: Any) -> None:
                              fix="Pass sample_rate=16000, for example.")
 
 
-def _decode_audio(source: Path | io.BytesIO, *, name: str | Path, sample_rate: int) -> np.ndarray:
+def header_problem(rate: int, channels: int) -> str | None:
+    """Why a header's sample rate or channel count is refused (None: within the limits)."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        return (f"its header claims a sample rate of {rate} Hz, outside the {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
+                " headstart reads")
+    if not 1 <= channels <= MAX_CHANNELS:
+        return f"its header claims {channels} channels (headstart reads 1 to {MAX_CHANNELS})"
+    return None
+
+
+def _decode_audio(source: Path | io.BytesIO, *, name: str | Path, sample_rate: int,
+                  window_seconds: float | None = None) -> np.ndarray:
     try:
-        data, rate = soundfile.read(source, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(source) as audio:
+            rate, channels, frames = int(audio.samplerate), int(audio.channels), int(audio.frames)
+            problem = header_problem(rate, channels)
+            if problem:
+                raise AudioDecodeError(name, problem)
+            span = _centre_span(frames, rate, sample_rate, window_seconds) if audio.seekable() else None
+            if span is not None:
+                first, count, crop = span
+                audio.seek(first)
+                data = audio.read(count, dtype="float32", always_2d=True)
+            else:
+                limit = int(MAX_SECONDS * rate)
+                if frames > limit:
+                    raise AudioDecodeError(name, f"it lasts {frames / rate:.0f} s, longer than the {MAX_SECONDS:.0f} s"
+                                                 " headstart reads whole (split it into shorter clips)")
+                data = audio.read(limit + 1, dtype="float32", always_2d=True)  # a header may understate its length
+                if data.shape[0] > limit:
+                    raise AudioDecodeError(name, f"it decodes to more than {MAX_SECONDS:.0f} s (split it into"
+                                                 " shorter clips)")
+    except AudioDecodeError:
+        raise
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, EOFError, TypeError) as error:
         raise AudioDecodeError(name, _library_reason(error)) from None
     if data.shape[0] == 0:
@@ -102,7 +150,30 @@ def _decode_audio(source: Path | io.BytesIO, *, name: str | Path, sample_rate: i
     wave = data.mean(axis=1)
     if rate != sample_rate:
         wave = soxr.resample(wave, rate, int(sample_rate), quality="HQ")
+    if span is not None:
+        wave = wave[crop[0]:crop[1]]
     return np.clip(wave, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _centre_span(frames: int, rate: int, target: int, window_seconds: float | None
+                 ) -> tuple[int, int, tuple[int, int]] | None:
+    """What to decode for the centre ``window_seconds`` of a ``frames``-long file: ``(first frame, frame count,
+    (start, stop) in the resampled read)``, chosen so the result equals the centre crop of the whole file resampled
+    (exactly at equal rates; near the edges, within the resampler's filter, otherwise). None: read it whole."""
+    if window_seconds is None or frames <= 0:
+        return None
+    window = int(round(float(window_seconds) * target))
+    whole = frames if rate == target else int(round(frames * target / rate))  # soxr's output length
+    if whole <= window + 1:
+        return None
+    start = (whole - window) // 2  # fit_length's centre crop, in the resampled timeline
+    step = rate // math.gcd(rate, target)  # source frames that map to a whole number of output samples
+    out_step = target // math.gcd(rate, target)
+    margin = 0 if rate == target else int(math.ceil(_WINDOW_MARGIN_SECONDS * target))
+    first = max(0, (start - margin) * rate // target) // step * step
+    offset = first // step * out_step  # the output index of the first frame read
+    last = min(frames, int(math.ceil((start + window + margin) * rate / target)) + step)
+    return first, last - first, (start - offset, start - offset + window)
 
 
 def _library_reason(error: BaseException) -> str:
@@ -128,6 +199,11 @@ def inspect_audio(path: str | os.PathLike[str]) -> tuple[float, str | None, str 
         with soundfile.SoundFile(path) as audio:
             frames, rate = audio.frames, audio.samplerate
             seconds = frames / rate if rate else 0.0
+            problem = header_problem(int(rate), int(audio.channels))
+            if problem:
+                return seconds, problem, None
+            if seconds > MAX_SECONDS:
+                return seconds, f"longer than {MAX_SECONDS:.0f} s ({seconds:.0f} s; split it into shorter clips)", None
             if frames <= 0:
                 return 0.0, "too short (no audio frames)", None
             if seconds < MIN_SECONDS:

@@ -31,7 +31,7 @@ from headstart.data.detection.samples import (
     DetectionSplits,
     DroppedBox,
 )
-from headstart.data.images import ImageDecodeError, SkippedFile, load_image
+from headstart.data.images import IMAGE_FORMATS, ImageDecodeError, SkippedFile, load_image
 from headstart.errors import DataError, ParameterError
 
 __all__ = ["load_detection_dataset", "read_detection_annotations"]
@@ -41,7 +41,7 @@ def _inspect_image(path: Path) -> tuple[tuple[int, int] | None, str]:
     """The (width, height) load_image will produce, or the reason the file cannot be used."""
     try:
         load_image(path, draft_size=32)  # a cheap full decode: truncated files are found now, not mid-training
-        with Image.open(path) as image:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
     except ImageDecodeError as error:

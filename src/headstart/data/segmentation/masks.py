@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from headstart.data.images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_FORMATS
 from headstart.errors import DataError, ParameterError, check_choice
 
 __all__ = ["MASK_KINDS", "MaskError", "MaskFormat", "read_mask"]
@@ -112,13 +113,18 @@ def _open_mask(path: Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
+                if image.width * image.height > DEFAULT_MAX_IMAGE_PIXELS:
+                    raise MaskError(path, f"{image.width}x{image.height} pixels exceeds the limit of"
+                                          f" {DEFAULT_MAX_IMAGE_PIXELS} (possible decompression bomb)")
                 image.load()
                 upright = ImageOps.exif_transpose(image) or image
                 upright.load()
                 return upright
     except UnidentifiedImageError:
-        raise MaskError(path, "not an image format Pillow can read") from None
+        raise MaskError(path, f"not an image format headstart reads ({', '.join(IMAGE_FORMATS)})") from None
+    except MaskError:
+        raise
     except Exception as error:  # noqa: BLE001 - Pillow plugins raise many types on damaged files; all mean "unusable"
         raise MaskError(path, (str(error) or type(error).__name__)[:300]) from None
 

@@ -14,9 +14,14 @@ Bad input of any kind is answered with a 4xx JSON error ``{"error": {"status", "
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import os
+import re
+import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -34,9 +39,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from headstart.deploy.predictor import Predictor, load_predictor, top_labels
 from headstart.deploy.serve.batching import MicroBatcher
 from headstart.deploy.serve.config import ServeConfig
+from headstart.deploy.serve.metrics import ServiceMetrics
 from headstart.deploy.serve.requests import (
     ITEM_FIELDS,
+    Admission,
+    HeavyDecodes,
     RequestError,
+    busy,
     check_items,
     decode_items,
     parse_request,
@@ -45,9 +54,10 @@ from headstart.deploy.serve.requests import (
 from headstart.errors import HeadstartError, ParameterError
 
 __all__ = ["create_app", "prepare_backend", "run_server", "app_from_environment", "CONFIG_ENV",
-           "NoDelayHttpProtocol"]
+           "NoDelayHttpProtocol", "default_allowed_hosts", "exposure_warning"]
 
 CONFIG_ENV = "HEADSTART_SERVE_CONFIG"
+ACCESS_LOG_ENV = "HEADSTART_SERVE_ACCESS_LOG"
 
 
 def prepare_backend(predictor: Predictor, config: ServeConfig, *, log: Callable[[str], None] = print) -> str:
@@ -163,6 +173,9 @@ class _Service:
     decode_pool: ThreadPoolExecutor
     embedding_log: Any
     state: dict[str, Any]
+    admission: Admission
+    metrics: ServiceMetrics
+    heavy: HeavyDecodes
 
 
 def _batch_runner(predictor: Predictor, embedding_log: Any, log: Callable[[str], None]
@@ -194,17 +207,39 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
     # run_server prepares the backend once before uvicorn starts; worker processes only load the cached export
     backend = "onnxruntime" if predictor.backend.name == "onnxruntime" else prepare_backend(predictor, config, log=log)
     metadata = _metadata(predictor, config, backend)
-    state = {"decoding": 0, "requests": 0, "errors_4xx": 0, "started": time.time()}
+    state = {"decoding": 0, "requests": 0, "errors_4xx": 0, "started": time.time(), "draining": False}
     embedding_log = _embedding_log(predictor, config)
+    admission = Admission(max_concurrent=config.max_concurrent, max_bytes=config.max_inflight_bytes)
+    heavy = HeavyDecodes()
+    batcher_box: list[MicroBatcher] = []
+    metrics = ServiceMetrics({
+        "headstart_queue_items": ("Decoded inputs waiting for a forward pass.", lambda: batcher_box[0].queue.qsize()),
+        "headstart_admitted_requests": ("Prediction requests admitted and not yet answered.",
+                                        lambda: admission.requests),
+        "headstart_admitted_bytes": ("Request body bytes held by admitted requests.", lambda: admission.bytes),
+        "headstart_refused_total": ("Requests answered 503 because the service was full.",
+                                    lambda: admission.refused + heavy.refused),
+        "headstart_decoding_requests": ("Requests being read or decoded.", lambda: state["decoding"]),
+    })
     batcher = MicroBatcher(_batch_runner(predictor, embedding_log, log), max_batch=config.max_batch,
-                           window_s=config.batch_window_ms / 1000.0, expecting=lambda: state["decoding"])
+                           window_s=config.batch_window_ms / 1000.0, expecting=lambda: state["decoding"],
+                           on_batch=metrics.batch_sizes.observe)
+    batcher_box.append(batcher)
     decode_pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="decode")
-    service = _Service(config, predictor, backend, metadata, batcher, decode_pool, embedding_log, state)
+    service = _Service(config, predictor, backend, metadata, batcher, decode_pool, embedding_log, state, admission,
+                       metrics, heavy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         yield
+        # graceful shutdown: /ready answers 503, new predictions are refused, what was admitted finishes
+        state["draining"] = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.drain_seconds
+        while admission.requests and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await batcher.drain(max(0.0, deadline - loop.time()))
         await batcher.stop()
         decode_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -216,38 +251,147 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None, log: 
     _add_error_handlers(app, state, log)
     _add_predict_route(app, service)
     _add_status_routes(app, service)
+    _add_guard(app, service, log)
     return app
 
 
-def _add_error_handlers(app: FastAPI, state: dict[str, Any], log: Callable[[str], None]) -> None:
-    """Every failure answers as JSON ``{"error": {...}}``; the 4xx ones are counted for /health."""
+OPEN_PATHS = frozenset({"/live", "/ready"})  # probes answer without the API key
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+ACCESS_LOG = logging.getLogger("headstart.serve.access")
+_ERROR_LOG = logging.getLogger("headstart.serve")
 
-    def error_response(error: RequestError) -> JSONResponse:
-        state["errors_4xx"] += 1
-        return JSONResponse(error.body(), status_code=error.status)
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """What to warn about when a service without an API key listens beyond this machine (None: nothing)."""
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        return (f"serving on {host} without an API key: anyone who can reach this port can use the model. Pass"
+                " --api-key-file FILE (or set HEADSTART_API_KEY).")
+    return None
+
+
+def default_allowed_hosts(host: str) -> list[str]:
+    """The Host header values a service bound to ``host`` accepts by default (a DNS-rebinding guard)."""
+    if host in ("0.0.0.0", "::", ""):
+        return ["*"]  # every interface: the operator chose exposure; --api-key is what protects it
+    names = {host}
+    if host in ("127.0.0.1", "localhost", "::1"):
+        names |= {"127.0.0.1", "localhost", "::1", "[::1]"}
+    return sorted(names)
+
+
+def _add_guard(app: FastAPI, service: _Service, log: Callable[[str], None]) -> None:
+    """Outermost layer of every request: request ID, Host check, API key, CORS, access log and metrics."""
+    import hmac
+
+    config, metrics = service.config, service.metrics
+    allowed = config.allowed_hosts or ["*"]
+    any_host = "*" in allowed
+    key = config.api_key.encode() if config.api_key else None
+    origins = set(config.cors_origins)
+
+    def refuse(error: RequestError, request_id: str) -> JSONResponse:
+        body = error.body()
+        body["error"]["request_id"] = request_id
+        return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        started = time.perf_counter()
+        given = request.headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        path = request.url.path
+        origin = request.headers.get("origin")
+        host = (request.headers.get("host") or "").lower()
+        host_name = host[:host.rindex(":")] if host.count(":") == 1 or (host.startswith("[") and "]:" in host) \
+            else host
+        if not any_host and host_name not in allowed:
+            response = refuse(RequestError(400, "bad_host", f"The Host header {host!r} is not one this service"
+                                           " answers to (a guard against DNS rebinding).",
+                                           f"Call it as one of {allowed}, or start it with --allowed-hosts."),
+                              request_id)
+        elif request.method == "OPTIONS" and origin and "access-control-request-method" in request.headers:
+            response = JSONResponse({}, status_code=204 if origin in origins else 403)
+        elif key is not None and path not in OPEN_PATHS and not _key_matches(request, key, hmac.compare_digest):
+            response = refuse(RequestError(401, "unauthorized", "This service needs an API key.",
+                                           "Send the header 'Authorization: Bearer KEY' (or 'X-API-Key: KEY')."),
+                              request_id)
+            response.headers["WWW-Authenticate"] = "Bearer"
+        else:
+            try:
+                response = await call_next(request)
+            except Exception as error:  # noqa: BLE001 - answered here so the 500 too carries the request ID
+                response = internal_error(request_id, error, log)
+        if origin and origin in origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            if request.method == "OPTIONS":
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+                response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-API-Key"
+        response.headers["X-Request-ID"] = request_id
+        seconds = time.perf_counter() - started
+        route = path if path in _ROUTES else "other"
+        metrics.record(route, response.status_code, seconds)
+        if ACCESS_LOG.isEnabledFor(logging.INFO):
+            client = request.client.host if request.client else "-"
+            ACCESS_LOG.info('%s "%s %s" %d %.1fms id=%s', client, request.method, path, response.status_code,
+                            1000 * seconds, request_id)
+        return response
+
+
+_ROUTES = frozenset({"/predict", "/health", "/live", "/ready", "/metrics", "/metadata", "/shift", "/", "/docs",
+                     "/openapi.json"})
+
+
+def _key_matches(request: Request, key: bytes, compare: Callable[[bytes, bytes], bool]) -> bool:
+    header = request.headers.get("authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    return compare(given.encode(), key)
+
+
+def _add_error_handlers(app: FastAPI, state: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Every failure answers as JSON ``{"error": {...}}`` with the request ID; the 4xx ones are counted for
+    /health. An unexpected error answers a generic 500: its details go to the log under the request ID only."""
+
+    def error_response(request: Request, error: RequestError) -> JSONResponse:
+        if error.status < 500:
+            state["errors_4xx"] += 1
+        body = error.body()
+        body["error"]["request_id"] = getattr(request.state, "request_id", None)
+        return JSONResponse(body, status_code=error.status, headers=error.headers)
 
     @app.exception_handler(RequestError)
-    async def request_error(_: Request, error: RequestError) -> JSONResponse:
-        return error_response(error)
+    async def request_error(request: Request, error: RequestError) -> JSONResponse:
+        return error_response(request, error)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in error.errors())
-        return error_response(RequestError(422, "invalid_parameter", f"Invalid request parameters: {problems}.",
-                                           "See /docs for the parameters of this endpoint."))
+        return error_response(request, RequestError(422, "invalid_parameter",
+                                                    f"Invalid request parameters: {problems}.",
+                                                    "See /docs for the parameters of this endpoint."))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(RequestError(error.status_code, code, str(error.detail),
-                                           "Endpoints: POST /predict, GET /health, GET /metadata, GET /shift, GET /, GET /docs."))
+        return error_response(request, RequestError(
+            error.status_code, code, str(error.detail),
+            "Endpoints: POST /predict, GET /health, /live, /ready, /metrics, /metadata, /shift, /, /docs."))
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, error: Exception) -> JSONResponse:
-        log(f"Internal error: {type(error).__name__}: {error}")
-        body = {"error": {"status": 500, "code": "internal_error", "message": f"{type(error).__name__}: {error}"[:300],
-                          "fix": "This is a bug in headstart's service; please report it with the request."}}
-        return JSONResponse(body, status_code=500)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        return internal_error(getattr(request.state, "request_id", None), error, log)
+
+
+def internal_error(request_id: str | None, error: BaseException, log: Callable[[str], None]) -> JSONResponse:
+    """The generic 500: nothing of the exception in the answer; its details go to the log under the request ID."""
+    log(f"Internal error (request {request_id}): {type(error).__name__}: {error}")
+    _ERROR_LOG.error("internal error, request %s", request_id, exc_info=error)
+    body = {"error": {"status": 500, "code": "internal_error", "request_id": request_id,
+                      "message": "The service failed on this request; the details are in its log under the"
+                                 " request ID.",
+                      "fix": "Retry; if it persists, report the request ID with the service's log."}}
+    return JSONResponse(body, status_code=500)
 
 
 def _request_body_schema(task: str) -> dict[str, Any]:
@@ -275,24 +419,46 @@ def _add_predict_route(app: FastAPI, service: _Service) -> None:
                       description="labels returned per item (at most the number of classes)")) -> JSONResponse:
         started = time.perf_counter()
         top_k = min(top_k, len(predictor.classes))
+        if state["draining"]:
+            raise busy("The service is shutting down.")
+        admission = service.admission
+        ticket = admission.ticket(_declared_length(request))
         state["decoding"] += 1
+        entered = False
         try:
-            body = await read_body(request, config)
-            items = await parse_request(request, body, predictor, config)
-            check_items(items, config)
-            loop = asyncio.get_running_loop()
-            decoded = await loop.run_in_executor(service.decode_pool, decode_items, predictor, items)
+            try:
+                body = await read_body(request, config, ticket)  # 503 as soon as its byte lane is full
+                admission.enter()  # a work slot, or 503 at once
+                entered = True
+                loop = asyncio.get_running_loop()
+                items = await parse_request(request, body, predictor, config, service.decode_pool)
+                del body
+                admission.release(ticket)  # the items hold the bytes now; the slot bounds them
+                check_items(items, config)
+                deadline = time.monotonic() + config.request_timeout
+                decoded = await loop.run_in_executor(
+                    service.decode_pool, functools.partial(decode_items, predictor, items, deadline=deadline,
+                                                           max_request_pixels=config.max_request_pixels,
+                                                           heavy=service.heavy))
+                names = [name for name, _ in items]
+                del items  # the raw bytes are not held while the request waits for its batch
+            finally:
+                state["decoding"] -= 1
+                admission.release(ticket)
+            decoded_at = time.perf_counter()
+            try:
+                probabilities = await asyncio.wait_for(batcher.submit(decoded), config.request_timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise RequestError(503, "prediction_timeout",
+                                   f"The prediction took longer than {config.request_timeout:g} s: the service is"
+                                   " overloaded.", "Retry after the Retry-After seconds, with fewer inputs, or raise"
+                                   " the server's --request-timeout.", retry_after=1) from None
         finally:
-            state["decoding"] -= 1
-        decoded_at = time.perf_counter()
-        try:
-            probabilities = await asyncio.wait_for(batcher.submit(decoded), config.request_timeout)
-        except (TimeoutError, asyncio.TimeoutError):
-            raise RequestError(504, "prediction_timeout", f"The prediction took longer than {config.request_timeout:g} s.",
-                               "Retry with fewer inputs, or raise the server's --request-timeout.") from None
+            if entered:
+                admission.leave()
         state["requests"] += 1
         predictions = []
-        for (name, _), row in zip(items, probabilities):
+        for name, row in zip(names, probabilities):
             top = top_labels(row, predictor.classes, top_k)
             predictions.append({"name": name, "label": top[0]["label"], "probability": top[0]["probability"],
                                 "top_k": top})
@@ -302,10 +468,34 @@ def _add_predict_route(app: FastAPI, service: _Service) -> None:
             "total": round(1000 * (finished - started), 2)}})
 
 
+def _declared_length(request: Request) -> int | None:
+    try:
+        return int(request.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
 def _add_status_routes(app: FastAPI, service: _Service) -> None:
     """``GET /health``, ``/shift``, ``/metadata`` and the page at ``/``."""
     predictor, state, batcher, metadata = service.predictor, service.state, service.batcher, service.metadata
     backend, embedding_log = service.backend, service.embedding_log
+
+    @app.get("/live", summary="Liveness: the process answers (no API key needed)")
+    async def live() -> Any:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: the model is loaded and the worker runs (no API key needed)")
+    async def ready() -> Any:
+        if batcher.failed() or state["draining"]:
+            reason = "shutting down" if state["draining"] else "the inference worker stopped"
+            return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+        return {"status": "ready"}
+
+    @app.get("/metrics", summary="Prometheus metrics: requests, latency and batch-size histograms, queue depth")
+    async def prometheus() -> Any:
+        from fastapi.responses import PlainTextResponse
+
+        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/health", summary="Liveness and counters")
     async def health() -> Any:
@@ -313,8 +503,9 @@ def _add_status_routes(app: FastAPI, service: _Service) -> None:
             return JSONResponse({"status": "failed", "reason": "the inference worker stopped"}, status_code=503)
         return {"status": "ok", "model": metadata["name"], "task": predictor.task, "backend": backend,
                 "uptime_s": round(time.time() - state["started"], 1), "requests": state["requests"],
-                "rejected_4xx": state["errors_4xx"], "batches": batcher.batches, "batched_items": batcher.items,
-                "queue": batcher.queue.qsize()}
+                "rejected_4xx": state["errors_4xx"], "refused_busy": service.admission.refused + service.heavy.refused,
+                "batches": batcher.batches, "batched_items": batcher.items, "queue": batcher.queue.qsize(),
+                "admitted": service.admission.requests}
 
     @app.get("/shift", summary="Shift of the recently predicted images from the training data (--log-embeddings)")
     async def shift(permutations: int = Query(default=200, ge=19, le=5000, description="MMD permutation-test"
@@ -364,9 +555,21 @@ class NoDelayHttpProtocol(_HttpProtocol):  # type: ignore[misc, valid-type]
         super().connection_made(transport)
 
 
+def _log_access() -> None:
+    """One line per request on stderr: client, method, path, status, milliseconds, request ID."""
+    if not ACCESS_LOG.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        ACCESS_LOG.addHandler(handler)
+    ACCESS_LOG.setLevel(logging.INFO)
+    ACCESS_LOG.propagate = False
+
+
 def app_from_environment() -> Any:
     """The app factory uvicorn's worker processes call (the config travels as JSON in an environment variable)."""
     config = ServeConfig(**json.loads(os.environ[CONFIG_ENV]))
+    if os.environ.get(ACCESS_LOG_ENV) == "1":
+        _log_access()
     if config.threads:
         import torch
 
@@ -375,11 +578,16 @@ def app_from_environment() -> Any:
 
 
 def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-               log_level: str = "warning") -> None:
+               log_level: str = "warning", access_log: bool = True) -> None:
     """Serve until interrupted. The ONNX export (if any) is prepared once here, before workers start."""
     import uvicorn
 
     config.validate()
+    if config.allowed_hosts is None:
+        config.allowed_hosts = default_allowed_hosts(host)
+    warning = exposure_warning(host, config.api_key)
+    if warning:
+        print(f"headstart: WARNING: {warning}", file=sys.stderr, flush=True)
     predictor = load_predictor(config.bundle, max_image_pixels=config.max_image_pixels)
     if config.log_embeddings and workers > 1:
         raise ParameterError(f"--log-embeddings keeps the embeddings inside one process; with {workers} workers each"
@@ -391,8 +599,12 @@ def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000
         config.export_dir = str(predictor.backend.path.parent)  # type: ignore[union-attr]
     print(f"headstart: serving {config.bundle} ({config.backend} backend) on http://{host}:{port}"
           f" with {workers} worker(s); docs at http://{host}:{port}/docs", flush=True)
+    if access_log:
+        _log_access()
+        os.environ[ACCESS_LOG_ENV] = "1"  # for worker processes
+    # uvicorn stops accepting on SIGTERM and waits drain_seconds for open requests; the lifespan then drains the queue
     options = {"host": host, "port": port, "log_level": log_level, "timeout_keep_alive": 5, "limit_concurrency": 1024,
-               "http": NoDelayHttpProtocol}
+               "http": NoDelayHttpProtocol, "timeout_graceful_shutdown": config.drain_seconds, "access_log": False}
     if workers == 1:
         uvicorn.run(create_app(config, predictor=predictor), **options)
         return

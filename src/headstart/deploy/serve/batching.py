@@ -1,6 +1,7 @@
 """Micro-batching: items of concurrent requests share one forward pass in a single inference thread.
 
-Requests are decoded in parallel, then their items join one queue. One worker task takes everything queued (up to
+Requests are decoded in parallel, then their items join one queue. When a batch fails, its items run again one
+at a time, so an item that breaks the forward pass fails only its own request. One worker task takes everything queued (up to
 ``max_batch`` items, waiting at most ``window_s`` for requests still being decoded) and runs it as one batch in the
 inference thread, so requests arriving together share a forward pass without changing any result.
 """
@@ -26,12 +27,15 @@ class MicroBatcher:
     """
 
     def __init__(self, run: Callable[[list[Any]], np.ndarray], *, max_batch: int, window_s: float,
-                 expecting: Callable[[], int] = lambda: 0) -> None:
+                 expecting: Callable[[], int] = lambda: 0, on_batch: Callable[[int], None] | None = None) -> None:
         self.run, self.max_batch, self.window_s, self.expecting = run, max_batch, window_s, expecting
+        self.on_batch = on_batch
+        self.retried_batches = 0
         self.queue: asyncio.Queue[tuple[Any, asyncio.Future[np.ndarray]]] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headstart-inference")
         self.batches = 0
         self.items = 0
+        self.busy = False  # a forward pass is running
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -40,6 +44,13 @@ class MicroBatcher:
     def failed(self) -> bool:
         """True when the worker task has ended (it only ends on a bug); /health then reports it."""
         return self._task is not None and self._task.done()
+
+    async def drain(self, seconds: float) -> None:
+        """Wait (at most ``seconds``) until no item is queued or in a forward pass: graceful shutdown."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (not self.queue.empty() or self.busy) and loop.time() < deadline and not self.failed():
+            await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -78,15 +89,44 @@ class MicroBatcher:
             live = [(item, future) for item, future in batch if not future.done()]  # timed-out requests drop out
             if not live:
                 continue
+            self.busy = True
             try:
-                probabilities = await loop.run_in_executor(self.executor, self.run, [item for item, _ in live])
-            except Exception as error:  # noqa: BLE001 - handed to every waiting request, the worker keeps going
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(error)
+                await self._run_batch(loop, live)
+            finally:
+                self.busy = False
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop,
+                         live: list[tuple[Any, asyncio.Future[np.ndarray]]]) -> None:
+        try:
+            probabilities = await loop.run_in_executor(self.executor, self.run, [item for item, _ in live])
+        except Exception as error:  # noqa: BLE001 - one bad item must not fail the others: each alone
+            if len(live) > 1:
+                await self._one_by_one(live)
+            elif not live[0][1].done():
+                live[0][1].set_exception(error)
+            return
+        self._answered(live, probabilities)
+
+    def _answered(self, live: list[tuple[Any, asyncio.Future[np.ndarray]]], probabilities: np.ndarray) -> None:
+        self.batches += 1
+        self.items += len(live)
+        if self.on_batch is not None:
+            self.on_batch(len(live))
+        for row, (_, future) in zip(probabilities, live):
+            if not future.done():
+                future.set_result(row)
+
+    async def _one_by_one(self, live: list[tuple[Any, asyncio.Future[np.ndarray]]]) -> None:
+        """After a failed batch: run each item alone, so only the item that fails gets the error."""
+        loop = asyncio.get_running_loop()
+        self.retried_batches += 1
+        for item, future in live:
+            if future.done():
                 continue
-            self.batches += 1
-            self.items += len(live)
-            for row, (_, future) in zip(probabilities, live):
+            try:
+                row = await loop.run_in_executor(self.executor, self.run, [item])
+            except Exception as error:  # noqa: BLE001 - this item's own failure
                 if not future.done():
-                    future.set_result(row)
+                    future.set_exception(error)
+                continue
+            self._answered([(item, future)], row)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +21,8 @@ from headstart.deploy.predictor import Predictor
 from headstart.deploy.serve.config import ServeConfig
 from headstart.errors import HeadstartError
 
-__all__ = ["ITEM_FIELDS", "RequestError", "read_body", "parse_request", "check_items", "decode_items"]
+__all__ = ["ITEM_FIELDS", "RequestError", "Admission", "Ticket", "HeavyDecodes", "busy", "read_body", "parse_request", "check_items",
+           "decode_items"]
 
 _FORMATS = {"image": "a JPEG, PNG, WebP, GIF, BMP or TIFF file", "audio": "a WAV, FLAC, OGG or MP3 file",
             "text": "a non-empty string"}
@@ -28,11 +31,20 @@ ITEM_FIELDS = {"image": ("file", "files", "image", "images"), "audio": ("file", 
 
 
 class RequestError(Exception):
-    """A 4xx answer: what was wrong with the request and how to fix it."""
+    """A 4xx answer (or 503 when the service is full): what was wrong with the request and how to fix it.
 
-    def __init__(self, status: int, code: str, message: str, fix: str, *, details: Any = None) -> None:
+    ``retry_after`` (seconds) goes to the ``Retry-After`` header of a 503.
+    """
+
+    def __init__(self, status: int, code: str, message: str, fix: str, *, details: Any = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.fix, self.details = status, code, message, fix, details
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
     def body(self) -> dict[str, Any]:
         error = {"status": self.status, "code": self.code, "message": self.message, "fix": self.fix}
@@ -41,13 +53,120 @@ class RequestError(Exception):
         return {"error": error}
 
 
-async def read_body(request: Any, config: ServeConfig) -> bytes:
+def busy(message: str) -> RequestError:
+    """The 503 a full service answers: the client should retry a little later."""
+    return RequestError(503, "busy", message, "Retry after the Retry-After seconds; the service is at capacity.",
+                        retry_after=1)
+
+
+SMALL_BODY_BYTES = 2**20  # bodies up to this (declared) size are held in a lane of their own
+SMALL_LANE_BYTES = 64 * 2**20
+
+
+class Admission:
+    """Bounds what the service holds for its requests: bodies' bytes while they arrive, then requests at work.
+
+    Body bytes are counted as they arrive (:class:`Ticket`), in two lanes: bodies declared up to
+    :data:`SMALL_BODY_BYTES` share :data:`SMALL_LANE_BYTES`, all others share ``max_bytes`` (so a flood of large
+    uploads cannot starve ordinary requests). A request that would pass its lane is answered 503 at once. Once read,
+    a request takes one of ``max_concurrent`` work slots (:meth:`enter`: decoding and inference) or gets 503.
+    """
+
+    def __init__(self, *, max_concurrent: int, max_bytes: int, small_lane_bytes: int = SMALL_LANE_BYTES) -> None:
+        self.max_concurrent = max_concurrent
+        self.limits = {"large": max_bytes, "small": small_lane_bytes}
+        self.held = {"large": 0, "small": 0}
+        self.requests = self.refused = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.held["large"] + self.held["small"]
+
+    def ticket(self, declared: int | None) -> "Ticket":
+        """A new request's share of the body lanes (by its declared Content-Length; none: the large lane)."""
+        return Ticket(self, "small" if declared is not None and declared <= SMALL_BODY_BYTES else "large")
+
+    def enter(self) -> None:
+        """Take a work slot (503 when all ``max_concurrent`` are taken)."""
+        if self.requests >= self.max_concurrent:
+            self.refused += 1
+            raise busy(f"The service is working on {self.requests} requests, its limit (--max-concurrent).")
+        self.requests += 1
+
+    def leave(self) -> None:
+        self.requests -= 1
+
+    def release(self, ticket: "Ticket") -> None:
+        self.held[ticket.lane] -= ticket.held
+        ticket.held = 0
+
+
+class Ticket:
+    """One request's body bytes in its :class:`Admission` lane."""
+
+    def __init__(self, admission: Admission, lane: str) -> None:
+        self.admission, self.lane, self.held = admission, lane, 0
+
+    def hold(self, total: int) -> None:
+        """Hold ``total`` body bytes for this request (503 when that passes its lane's limit)."""
+        more = total - self.held
+        if more <= 0:
+            return
+        admission = self.admission
+        limit = admission.limits[self.lane]
+        if admission.held[self.lane] + more > limit:
+            admission.refused += 1
+            raise busy(f"Requests being read hold {admission.held[self.lane]} body bytes; {more} more would pass the"
+                       f" limit of {limit}" + (" (--max-inflight-bytes)." if self.lane == "large" else "."))
+        admission.held[self.lane] += more
+        self.held = total
+
+
+class HeavyDecodes:
+    """A CPU budget for decoding very large images (a 40-megapixel PNG costs about 0.5 s of a core).
+
+    Images whose decode touches more than :data:`HEAVY_PIXELS` (JPEGs count at their draft-mode size) may use
+    ``share`` of one core on average, from a bucket that holds at most ``burst`` seconds; one arriving while the
+    bucket is empty is answered 503. Ordinary photos never wait for them.
+    """
+
+    def __init__(self, *, share: float = 0.25, burst: float = 2.0) -> None:
+        import threading
+
+        self.share, self.burst = share, burst
+        self.tokens, self.updated = burst, time.monotonic()
+        self.lock = threading.Lock()
+        self.refused = 0
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.share)
+        self.updated = now
+
+    def admit(self, name: str) -> None:
+        with self.lock:
+            self._refill()
+            if self.tokens <= 0:
+                self.refused += 1
+                raise busy(f"{name} is a very large image, and the share of the CPU for decoding those is in use.")
+
+    def charge(self, seconds: float) -> None:
+        with self.lock:
+            self._refill()
+            self.tokens -= seconds
+
+
+HEAVY_PIXELS = 4_000_000
+
+
+async def read_body(request: Any, config: ServeConfig, ticket: Ticket | None = None) -> bytes:
     """The whole request body, refused as soon as it passes ``max_upload_bytes`` or ``request_timeout``.
 
-    The declared Content-Length is checked first, so an oversized upload is refused before it is read.
+    The declared Content-Length is checked first, so an oversized upload is refused before it is read; the bytes
+    are held on the request's ``ticket`` as they arrive (a slow client holds only what it has sent).
 
     Raises:
-        RequestError: 400 (bad Content-Length), 408 (too slow) or 413 (too large).
+        RequestError: 400 (bad Content-Length), 408 (too slow), 413 (too large) or 503 (the service is full).
     """
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -66,6 +185,8 @@ async def read_body(request: Any, config: ServeConfig) -> bytes:
             total += len(chunk)
             if total > config.max_upload_bytes:
                 raise _too_large(total, config)
+            if ticket is not None:
+                ticket.hold(total)
             chunks.append(chunk)
 
     try:
@@ -83,7 +204,7 @@ def _too_large(size: int, config: ServeConfig) -> RequestError:
                         "Send fewer or smaller files, or start the server with a larger --max-upload-bytes.")
 
 
-async def _parse_multipart(request: Any, body: bytes, predictor: Predictor, config: ServeConfig
+async def _parse_multipart(headers: Any, body: bytes, predictor: Predictor, config: ServeConfig
                            ) -> list[tuple[str, bytes | str]]:
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
@@ -91,7 +212,7 @@ async def _parse_multipart(request: Any, body: bytes, predictor: Predictor, conf
     async def stream() -> AsyncIterator[bytes]:
         yield body
 
-    parser = MultiPartParser(request.headers, stream(), max_files=config.max_items, max_fields=config.max_items,
+    parser = MultiPartParser(headers, stream(), max_files=config.max_items, max_fields=config.max_items,
                              max_part_size=config.max_text_chars * 4 + 1024)
     try:
         form = await parser.parse()
@@ -160,8 +281,8 @@ def _parse_json(body: bytes, predictor: Predictor) -> list[tuple[str, bytes | st
     return items
 
 
-async def parse_request(request: Any, body: bytes, predictor: Predictor, config: ServeConfig
-                        ) -> list[tuple[str, bytes | str]]:
+async def parse_request(request: Any, body: bytes, predictor: Predictor, config: ServeConfig,
+                        executor: Any = None) -> list[tuple[str, bytes | str]]:
     """The request's items as (name, raw item) pairs, read the way its Content-Type says.
 
     Raises:
@@ -172,10 +293,13 @@ async def parse_request(request: Any, body: bytes, predictor: Predictor, config:
     if not body:
         raise RequestError(400, "empty_body", "The request body is empty.",
                            "Send the input: multipart files (curl -F file=@FILE URL) or JSON.")
+    loop = asyncio.get_running_loop()
+    # parsing a large body is CPU work: it runs in ``executor`` (a thread), so the event loop keeps serving
     if media == "multipart/form-data":
-        return await _parse_multipart(request, body, predictor, config)
+        return await loop.run_in_executor(
+            executor, lambda: asyncio.run(_parse_multipart(request.headers, body, predictor, config)))
     if media == "application/json":
-        return _parse_json(body, predictor)
+        return await loop.run_in_executor(executor, _parse_json, body, predictor)
     task = predictor.task
     if task == "text" and media == "text/plain":
         try:
@@ -206,16 +330,55 @@ def check_items(items: list[tuple[str, bytes | str]], config: ServeConfig) -> No
                                f" {config.max_text_chars} are accepted.", "Shorten the text or raise --max-text-chars.")
 
 
-def decode_items(predictor: Predictor, items: list[tuple[str, bytes | str]]) -> list[Any]:
+def _header_pixels(value: bytes, draft_size: int | None) -> tuple[int, int]:
+    """An image's width x height from its header alone, and the pixels its decode touches (a JPEG decodes in draft
+    mode at down to 1/8 of its size); ``(0, 0)`` when the header cannot be read: decoding says why."""
+    from PIL import Image
+
+    from headstart.data.images import IMAGE_FORMATS
+
+    try:
+        with Image.open(io.BytesIO(value), formats=IMAGE_FORMATS) as image:
+            pixels = int(image.width) * int(image.height)
+            if image.format == "JPEG" and draft_size:
+                scale = min(8, max(1, min(image.width, image.height) // draft_size))
+                return pixels, pixels // (scale * scale)
+            return pixels, pixels
+    except Exception:  # noqa: BLE001 - the decode that follows reports the item as unusable
+        return 0, 0
+
+
+def decode_items(predictor: Predictor, items: list[tuple[str, bytes | str]], *, deadline: float | None = None,
+                 max_request_pixels: int | None = None, heavy: HeavyDecodes | None = None) -> list[Any]:
     """Every item decoded by the predictor; runs in a decoding thread, off the event loop.
 
-    All items are tried, so one answer lists every unusable item (``details``), not just the first.
+    All items are tried, so one answer lists every unusable item (``details``), not just the first. Image requests
+    whose images together pass ``max_request_pixels`` (read from their headers) are refused before any decoding;
+    past ``deadline`` (``time.monotonic()``), the items not yet decoded are not started (503); very large images
+    draw on ``heavy`` (503 when its CPU share is spent).
 
     Raises:
-        RequestError: 413 when every failure is an oversized image, else 422.
+        RequestError: 413 when every failure is an oversized image or the request's pixels pass the budget, 503
+            at the deadline, else 422.
     """
+    touched = [0] * len(items)
+    if predictor.task == "image":
+        sizes = [_header_pixels(value, getattr(predictor, "_draft_size", None))
+                 if isinstance(value, (bytes, bytearray)) else (0, 0) for _, value in items]
+        touched = [decoded_pixels for _, decoded_pixels in sizes]
+        pixels = sum(pixels for pixels, _ in sizes)
+        if max_request_pixels is not None and pixels > max_request_pixels:
+            raise RequestError(413, "request_too_many_pixels", f"The request's images hold {pixels} pixels together;"
+                               f" this server decodes at most {max_request_pixels} per request.",
+                               "Send fewer or smaller images per request, or raise --max-request-pixels.")
     decoded, errors = [], []
     for index, (name, value) in enumerate(items):
+        if deadline is not None and time.monotonic() > deadline:
+            raise busy(f"Decoding did not reach {name} in time: the service is overloaded.")
+        heavy_image = heavy is not None and touched[index] > HEAVY_PIXELS
+        if heavy_image:
+            heavy.admit(name)
+        started = time.perf_counter()
         try:
             decoded.append(predictor.decode(value, name=name))
         except HeadstartError as error:
@@ -227,6 +390,9 @@ def decode_items(predictor: Predictor, items: list[tuple[str, bytes | str]]) -> 
             errors.append({"index": index, "name": name, "too_large": False,
                            "message": f"cannot be decoded ({type(error).__name__})",
                            "fix": f"Send a valid {predictor.task} input ({_FORMATS[predictor.task]})."})
+        finally:
+            if heavy_image:
+                heavy.charge(time.perf_counter() - started)
     if errors:
         too_big = all(e["too_large"] for e in errors)
         raise RequestError(413 if too_big else 422, "image_too_large" if too_big else "undecodable_input",
@@ -234,4 +400,3 @@ def decode_items(predictor: Predictor, items: list[tuple[str, bytes | str]]) -> 
                            + "; ".join(f"{e['name']}: {e['message']}" for e in errors[:5]),
                            errors[0]["fix"] or "Send valid files.", details=errors)
     return decoded
-
