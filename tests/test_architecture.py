@@ -21,7 +21,7 @@ BASE = {"errors", "storage"}
 # what each stage may import (besides itself and the standard library / third-party packages)
 ALLOWED = {
     "errors": set(),
-    "storage": set(),
+    "storage": {"errors"},  # OverwriteError: a write that would replace what headstart did not write
     "data": BASE,
     "models": BASE | {"data"},
     "evaluation": BASE,

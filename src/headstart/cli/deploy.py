@@ -80,7 +80,7 @@ def serve(
     log_embeddings: Annotated[int, typer.Option(help="Image models: keep the embeddings of the last N predicted images; GET /shift then reports their shift from the training data (0: off).")] = 0,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "warning",
     max_concurrent: Annotated[int, typer.Option(help="Prediction requests admitted at once; more get 503 with Retry-After.")] = 32,
-    max_inflight_bytes: Annotated[int, typer.Option(help="Request bytes admitted requests may hold together; more: 503.")] = 256 * 2**20,
+    max_inflight_bytes: Annotated[int, typer.Option(help="Request bytes admitted requests may hold together; more: 503.")] = 128 * 2**20,
     max_request_pixels: Annotated[int, typer.Option(help="Image pixels decoded for one request, summed over its images (413 above).")] = 120_000_000,
     api_key_file: Annotated[Optional[Path], typer.Option(help="File holding the API key every endpoint but /live and /ready then requires (Authorization: Bearer KEY). Or set HEADSTART_API_KEY.")] = None,
     allowed_hosts: Annotated[Optional[str], typer.Option(help="Host header values accepted, comma-separated ('*': any). Default: the names of --host.")] = None,

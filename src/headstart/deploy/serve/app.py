@@ -37,6 +37,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headstart.deploy.predictor import Predictor, load_predictor, top_labels
+from headstart.deploy.serve.access import default_allowed_hosts, exposure_warning
 from headstart.deploy.serve.batching import MicroBatcher
 from headstart.deploy.serve.config import ServeConfig
 from headstart.deploy.serve.metrics import ServiceMetrics
@@ -261,24 +262,6 @@ ACCESS_LOG = logging.getLogger("headstart.serve.access")
 _ERROR_LOG = logging.getLogger("headstart.serve")
 
 
-def exposure_warning(host: str, api_key: str | None) -> str | None:
-    """What to warn about when a service without an API key listens beyond this machine (None: nothing)."""
-    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        return (f"serving on {host} without an API key: anyone who can reach this port can use the model. Pass"
-                " --api-key-file FILE (or set HEADSTART_API_KEY).")
-    return None
-
-
-def default_allowed_hosts(host: str) -> list[str]:
-    """The Host header values a service bound to ``host`` accepts by default (a DNS-rebinding guard)."""
-    if host in ("0.0.0.0", "::", ""):
-        return ["*"]  # every interface: the operator chose exposure; --api-key is what protects it
-    names = {host}
-    if host in ("127.0.0.1", "localhost", "::1"):
-        names |= {"127.0.0.1", "localhost", "::1", "[::1]"}
-    return sorted(names)
-
-
 def _add_guard(app: FastAPI, service: _Service, log: Callable[[str], None]) -> None:
     """Outermost layer of every request: request ID, Host check, API key, CORS, access log and metrics."""
     import hmac
@@ -432,8 +415,7 @@ def _add_predict_route(app: FastAPI, service: _Service) -> None:
                 entered = True
                 loop = asyncio.get_running_loop()
                 items = await parse_request(request, body, predictor, config, service.decode_pool)
-                del body
-                admission.release(ticket)  # the items hold the bytes now; the slot bounds them
+                del body  # the items hold the bytes now: still counted on the ticket until they are decoded
                 check_items(items, config)
                 deadline = time.monotonic() + config.request_timeout
                 decoded = await loop.run_in_executor(

@@ -67,7 +67,7 @@ class ServeConfig:
     threads: int | None = None
     log_embeddings: int = 0
     max_concurrent: int = 32
-    max_inflight_bytes: int = 256 * 2**20
+    max_inflight_bytes: int = 128 * 2**20
     max_request_pixels: int = 120_000_000
     api_key: str | None = field(default=None, repr=False)
     allowed_hosts: list[str] | None = None
