@@ -27,6 +27,7 @@ from headstart.models.heads import (
     save_sklearn_head,
 )
 from headstart.storage import (
+    written_before_markers,
     atomic_directory,
     atomic_save_tensors,
     atomic_write_json,
@@ -96,12 +97,8 @@ BUNDLE_ENTRIES = frozenset({WEIGHTS_FILE, CONFIG_FILE, HEAD_FILE, VALIDATION_FIL
 
 def is_legacy_bundle(folder: Path) -> bool:
     """A bundle folder written before folders carried their owner file: a headstart config and only bundle files."""
-    try:
-        config = read_json(folder / CONFIG_FILE)
-    except (OSError, ValueError):
-        return False
-    return (isinstance(config, dict) and config.get("format") == "headstart-bundle"
-            and all(p.name in BUNDLE_ENTRIES for p in folder.iterdir()))
+    return written_before_markers(folder, identity_file=CONFIG_FILE, format_name="headstart-bundle",
+                                  entries=BUNDLE_ENTRIES)
 
 
 def save_bundle(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any], *, head: Any = None,

@@ -29,6 +29,7 @@ __all__ = [
     "atomic_save_tensors",
     "atomic_directory",
     "check_replaceable",
+    "written_before_markers",
     "remove_owned_directory",
     "TRASH_SUFFIX",
     "fault_point",
@@ -186,6 +187,18 @@ def check_replaceable(path: str | os.PathLike[str], *, kind: str, legacy: Callab
         return target
     raise OverwriteError(f"{given} already holds {_describe(entries)}, and it is not a {kind} folder headstart"
                          " wrote; replacing it would delete them.", fix=choose)
+
+
+def written_before_markers(folder: Path, *, identity_file: str, format_name: str,
+                           entries: frozenset[str]) -> bool:
+    """A folder headstart wrote before folders carried :data:`OWNER_FILE`: ``identity_file`` is JSON with
+    ``"format": format_name`` and every entry's name is in ``entries``."""
+    try:
+        identity = read_json(folder / identity_file)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(identity, dict) and identity.get("format") == format_name
+            and all(p.name in entries for p in folder.iterdir()))
 
 
 def _mark(folder: Path, kind: str) -> None:

@@ -35,7 +35,13 @@ from headstart.deploy.predictor import (
 )
 from headstart.errors import DataError, ExportError, HeadstartError, check_choice
 from headstart.models.onnx import ONNX_OPSET, export_onnx_graph, measure_parity
-from headstart.storage import atomic_directory, atomic_write_json, check_replaceable, read_json
+from headstart.storage import (
+    atomic_directory,
+    atomic_write_json,
+    check_replaceable,
+    read_json,
+    written_before_markers,
+)
 from headstart.tasks import DENSE_TASKS
 
 __all__ = ["FORMATS", "PARITY_MAX_ABS_DIFF", "SIDECAR_FILE", "export_bundle", "reference_items", "parity_report",
@@ -51,12 +57,10 @@ EXPORT_ENTRIES = frozenset({*MODEL_FILES.values(), QUANTIZED_FILE, SIDECAR_FILE,
 
 def is_export_folder(folder: Path) -> bool:
     """An export folder written before folders carried their owner file: a headstart sidecar and only export files."""
-    try:
-        sidecar = read_json(folder / SIDECAR_FILE)
-    except (OSError, ValueError):
-        return False
-    return (isinstance(sidecar, dict) and sidecar.get("format") == "headstart-export"
-            and all(p.name in EXPORT_ENTRIES for p in folder.iterdir()))
+    return written_before_markers(folder, identity_file=SIDECAR_FILE, format_name="headstart-export",
+                                  entries=EXPORT_ENTRIES)
+
+
 TRANSFORMER_QUANTIZE_OPS = ("MatMul", "Gemm")
 
 
